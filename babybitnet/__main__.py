@@ -1,0 +1,3 @@
+from babybitnet.cli import main
+
+raise SystemExit(main())

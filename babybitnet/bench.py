@@ -1,0 +1,67 @@
+"""Benchmarks: commands that time things side by side in one run and print ratios.
+
+Timings depend on the machine and on what else it is doing, so we never
+compare numbers from different runs: every benchmark measures all of its
+contenders in the same process, interleaved, and reports their ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from babybitnet.data import get_batch, load_dataset
+from babybitnet.gpt import GPT
+from babybitnet.presets import MODELS, get_preset
+from babybitnet.train import make_optimizer, resolve_device
+
+
+def bench_train(
+    preset: str = "seed", steps: int = 100, repeats: int = 5, warmup: int = 20, device: str = "cpu"
+) -> dict:
+    """Milliseconds per training step (forward, backward, AdamW) of babyGPT and babyBitNet.
+
+    The two models take turns, ``repeats`` rounds of ``steps`` steps each, and
+    we report the median round, so a burst of background load hits both.
+    """
+    dev = resolve_device(device)
+    tok, train_data, _ = load_dataset()
+    runs = {}
+    for name in MODELS:
+        mcfg, tcfg = get_preset(preset, name, tok.vocab_size)
+        torch.manual_seed(tcfg.seed)
+        model = GPT(mcfg).to(dev).train()
+        runs[name] = (model, make_optimizer(model, tcfg, dev), tcfg, torch.Generator().manual_seed(tcfg.seed))
+
+    def run_steps(name: str, n: int) -> float:
+        model, opt, tcfg, g = runs[name]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, y = get_batch(train_data, tcfg.batch_size, model.config.block_size, g, dev)
+            _, loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return 1000 * (time.perf_counter() - t0) / n
+
+    for name in MODELS:
+        run_steps(name, warmup)
+    rounds: dict[str, list[float]] = {name: [] for name in MODELS}
+    for _ in range(repeats):
+        for name in MODELS:
+            rounds[name].append(run_steps(name, steps))
+    ms = {name: statistics.median(v) for name, v in rounds.items()}
+    return {
+        "preset": preset,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "ms_per_step": ms,
+        "ratio_bitnet_over_gpt": ms["bitnet"] / ms["gpt"],
+    }

@@ -1,0 +1,149 @@
+"""The command line: ``python -m babybitnet <command> --help``.
+
+compare   train babyGPT and babyBitNet side by side and compare them
+train     train one model and save a checkpoint
+sample    generate text from a checkpoint
+bench     time things side by side (``bench train``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from babybitnet.presets import MODELS, PRESETS
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from babybitnet.compare import compare, markdown_table
+
+    results = compare(args.preset, args.iters, args.device, args.seed, args.out, args.text, progress=not args.quiet)
+    print(
+        f"\npreset {args.preset!r} on {results['device']} (torch {results['torch']}, {results['cpu_threads']} threads)\n"
+    )
+    print(markdown_table(results))
+    print(f"wrote {Path(args.out) / 'results.json'}, table.md and loss_curves.png")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from babybitnet.checkpoint import save_checkpoint
+    from babybitnet.data import load_dataset
+    from babybitnet.gpt import GPT
+    from babybitnet.presets import get_preset
+    from babybitnet.train import resolve_device, train
+
+    dev = resolve_device(args.device)
+    tok, train_data, val_data = load_dataset(args.text)
+    mcfg, tcfg = get_preset(args.preset, args.model, tok.vocab_size, max_iters=args.iters, seed=args.seed)
+    torch.manual_seed(tcfg.seed)
+    model = GPT(mcfg)
+    r = train(model, train_data, val_data, tcfg, dev, progress=not args.quiet, desc=args.model)
+    meta = {"preset": args.preset, "train_config": tcfg.to_dict(), "device": str(dev), "torch": torch.__version__}
+    meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})
+    path = save_checkpoint(args.out, model, tok, meta)
+    Path(str(path) + ".json").write_text(json.dumps({**meta, "params": r["params"], "history": r["history"]}, indent=2))
+    print(f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f})")
+    print(f"wrote {path} and {path}.json")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from babybitnet.checkpoint import load_checkpoint
+    from babybitnet.train import resolve_device
+
+    dev = resolve_device(args.device)
+    model, tok, _ = load_checkpoint(args.checkpoint, dev)
+    prompt = args.prompt if args.prompt else "\n"
+    idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=dev)
+    g = torch.Generator(device=dev).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, generator=g)
+    print(tok.decode(out[0]))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from babybitnet.bench import bench_train
+
+    r = bench_train(args.preset, args.steps, args.repeats, device=args.device)
+    ms = r["ms_per_step"]
+    print(f"preset {args.preset!r}, {r['device']}, torch {r['torch']}, {r['cpu_threads']} threads")
+    print(f"babyGPT     {ms['gpt']:.2f} ms per training step")
+    print(f"babyBitNet  {ms['bitnet']:.2f} ms per training step")
+    print(
+        f"ratio babyBitNet / babyGPT = {r['ratio_bitnet_over_gpt']:.2f}x (median of {args.repeats} interleaved rounds)"
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(r, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m babybitnet", description="BitNet b1.58 from scratch: babyGPT vs babyBitNet."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def common(sp: argparse.ArgumentParser, iters_help: str = "training steps (default: the preset's)") -> None:
+        sp.add_argument("--preset", choices=sorted(PRESETS), default="seed", help="model size and training recipe")
+        sp.add_argument("--iters", type=int, default=None, help=iters_help)
+        sp.add_argument("--device", choices=DEVICES, default="auto", help="where to train; auto picks cuda, mps, cpu")
+        sp.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 1337)")
+        sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser("compare", help="train babyGPT and babyBitNet side by side", formatter_class=fmt)
+    common(sp)
+    sp.add_argument("--out", default="runs/compare", help="folder for results.json, table.md, loss_curves.png")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("train", help="train one model and save a checkpoint", formatter_class=fmt)
+    common(sp)
+    sp.add_argument("--model", choices=MODELS, required=True, help="gpt = babyGPT, bitnet = babyBitNet")
+    sp.add_argument("--out", required=True, help="checkpoint path to write (a .json summary is written beside it)")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=fmt)
+    sp.add_argument("checkpoint", help="a checkpoint written by `train`")
+    sp.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    sp.add_argument("--max-new-tokens", type=int, default=500)
+    sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--device", choices=DEVICES, default="cpu")
+    sp.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser("bench", help="time things side by side in one run", formatter_class=fmt)
+    bsub = sp.add_subparsers(dest="what", required=True, metavar="what")
+    bt = bsub.add_parser("train", help="ms per training step, babyGPT vs babyBitNet", formatter_class=fmt)
+    bt.add_argument("--preset", choices=sorted(PRESETS), default="seed")
+    bt.add_argument("--steps", type=int, default=100, help="steps per timed round")
+    bt.add_argument("--repeats", type=int, default=5, help="interleaved rounds per model")
+    bt.add_argument("--device", choices=DEVICES, default="cpu")
+    bt.add_argument("--out", default="runs/bench_train.json", help="JSON results file ('' for none)")
+    bt.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        # Errors we raise on purpose carry a message that says what to do; no traceback needed.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Compare: train babyGPT and babyBitNet under one preset, side by side, and report.
+
+Both models see the same data, the same batches (same seed) and the same
+number of steps; only the linear layers (and each model's learning rate)
+differ. Writes ``results.json`` (everything, machine-readable), ``table.md``
+(the summary table) and ``loss_curves.png`` (train and val curves of both).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from babybitnet.data import load_dataset
+from babybitnet.gpt import GPT
+from babybitnet.presets import MODELS, get_preset
+from babybitnet.train import resolve_device, train
+
+NAMES = {"gpt": "babyGPT", "bitnet": "babyBitNet"}
+
+
+def markdown_table(results: dict) -> str:
+    """The summary table of a ``compare`` run as markdown."""
+    rows = [
+        "| model | parameters | learning rate | final val loss | best val loss | train seconds | ms per step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, r in results["models"].items():
+        rows.append(
+            f"| {NAMES.get(key, key)} | {r['params']:,} | {r['lr']:g} | {r['final_val']:.4f} | "
+            f"{r['best_val']:.4f} (step {r['best_step']}) | {r['train_seconds']:.1f} | {r['ms_per_step']:.1f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def plot_curves(results: dict, path: str | Path) -> Path:
+    """Train (dashed) and val (solid) loss of every model of ``results`` on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, works without a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (key, r) in enumerate(results["models"].items()):
+        h, color = r["history"], f"C{i}"
+        ax.plot(h["step"], h["val"], color=color, label=f"{NAMES.get(key, key)} val")
+        ax.plot(h["step"], h["train"], color=color, linestyle="--", alpha=0.6, label=f"{NAMES.get(key, key)} train")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats / character)")
+    ax.set_title(f"babyGPT vs babyBitNet, preset {results['preset']!r} on {results['device']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def compare(
+    preset: str = "seed",
+    iters: int | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    out: str | Path = "runs/compare",
+    text: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train both models under ``preset``; write results.json, table.md, loss_curves.png into ``out``."""
+    dev = resolve_device(device)
+    tok, train_data, val_data = load_dataset(text)
+    results: dict = {
+        "preset": preset,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "data": str(text or "tinyshakespeare"),
+        "models": {},
+    }
+    for model_name in MODELS:
+        mcfg, tcfg = get_preset(preset, model_name, tok.vocab_size, max_iters=iters, seed=seed)
+        torch.manual_seed(tcfg.seed)  # same initial weights for the same seed
+        model = GPT(mcfg)
+        r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
+        results["models"][model_name] = {**r, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown_table(results))
+    plot_curves(results, out / "loss_curves.png")
+    return results

@@ -1,0 +1,83 @@
+"""Presets: named recipes of model size and training settings for babyGPT and babyBitNet.
+
+* ``seed``: the seed project's comparison, setting for setting (see
+  ``shared/REFERENCE.md`` section 1): 64 x 4 heads x 4 layers, block 32,
+  batch 16, 5000 steps, constant LR 1e-3 (babyGPT) / 9e-4 (babyBitNet), AdamW
+  defaults, attention scaled by 1/sqrt(n_embd) as the seed did, no norm inside
+  BitLinear. Takes about 3 minutes per model on a 2-core CPU.
+* ``quick``: the seed's model for 600 steps with a cheaper estimate; a smoke
+  test of the whole pipeline in well under a minute on a CPU.
+* ``nanogpt``: nanoGPT's ``train_shakespeare_char`` configuration (6 x 6 x 384,
+  block 256, batch 64, dropout 0.2, cosine LR 1e-3 -> 1e-4 with 100 warmup
+  steps, beta2 0.99, weight decay 0.1 on matrices, gradient clipping 1.0).
+  Meant for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from babybitnet.gpt import GPTConfig
+from babybitnet.train import TrainConfig
+
+MODELS = ("gpt", "bitnet")
+
+# Each preset: settings shared by both models, then per-model overrides.
+PRESETS: dict[str, dict] = {
+    "seed": {
+        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="embd"),
+        "train": dict(batch_size=16, max_iters=5000, eval_interval=100, eval_iters=200, schedule="constant"),
+        "gpt": {"train": dict(lr=1e-3)},
+        "bitnet": {"train": dict(lr=9e-4), "model": dict(bitlinear_norm=False)},
+    },
+    "quick": {
+        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="embd"),
+        "train": dict(batch_size=16, max_iters=600, eval_interval=100, eval_iters=40, schedule="constant"),
+        "gpt": {"train": dict(lr=1e-3)},
+        "bitnet": {"train": dict(lr=9e-4)},
+    },
+    "nanogpt": {
+        "model": dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False),
+        "train": dict(
+            batch_size=64,
+            max_iters=5000,
+            eval_interval=250,
+            eval_iters=200,
+            schedule="cosine",
+            warmup_iters=100,
+            min_lr=1e-4,
+            lr=1e-3,
+            beta2=0.99,
+            weight_decay=0.1,
+            decay_all=False,
+            grad_clip=1.0,
+        ),
+        "gpt": {},
+        "bitnet": {"model": dict(bitlinear_norm=True)},
+    },
+}
+
+
+def get_preset(name: str, model: str, vocab_size: int = 65, **train_overrides) -> tuple[GPTConfig, TrainConfig]:
+    """The (GPTConfig, TrainConfig) of ``model`` ("gpt" or "bitnet") under preset ``name``.
+
+    ``train_overrides`` replace training settings (e.g. ``max_iters=100``);
+    ``None`` values are ignored so command-line defaults can pass straight through.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose 'gpt' (babyGPT) or 'bitnet' (babyBitNet)")
+    p = PRESETS[name]
+    model_kw = {**p["model"], **p[model].get("model", {})}
+    train_kw = {**p["train"], **p[model].get("train", {})}
+    mcfg = GPTConfig(vocab_size=vocab_size, linear="fp" if model == "gpt" else "bitnet", **model_kw)
+    tcfg = TrainConfig(**train_kw)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(train_overrides) - known
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}")
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    if "max_iters" in overrides:  # keep a short run's eval points inside the run
+        overrides.setdefault("eval_interval", min(tcfg.eval_interval, max(1, overrides["max_iters"] // 5)))
+    return mcfg, replace(tcfg, **overrides)

@@ -1,0 +1,118 @@
+"""Quantization: ternary weights (absmean), 8-bit activations (per-token absmax), the STE.
+
+BitNet b1.58 (Ma et al., 2024; the official training-tips FAQ) quantizes
+
+* weights to {-1, 0, +1} times one scale per tensor::
+
+      s_w = 1 / max(mean(|W|), eps)
+      W_t = clamp(round(W * s_w), -1, 1)          # ternary integers
+      W_q = W_t / s_w                              # what the layer multiplies by
+
+* activations to 8-bit integers times one scale per token (per row)::
+
+      s_x = 127 / max(max_j |x_j|, eps)
+      x_i = clamp(round(x * s_x), -128, 127)       # int8 values
+      x_q = x_i / s_x
+
+Rounding has a zero gradient almost everywhere, so training uses the
+straight-through estimator (STE): the forward pass uses the quantized value,
+the backward pass pretends quantization was the identity.
+
+Every function here keeps the dtype it is given (the integers are stored in
+float tensors unless a function says otherwise) so it runs on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+
+# ---------------------------------------------------------------- weights
+def absmean_scale(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> torch.Tensor:
+    """``s_w`` of a weight matrix (out, in): shape (groups, 1, 1), one scale per block of rows.
+
+    ``groups=1`` is the paper's one scale per tensor. ``groups=g`` splits the
+    rows into ``g`` equal blocks; a fused q/k/v matrix uses it so that each of
+    the original matrices keeps its own scale.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"expected a weight matrix (out_features, in_features), got shape {tuple(w.shape)}")
+    if w.shape[0] % groups:
+        raise ValueError(f"{w.shape[0]} rows do not split into {groups} equal groups")
+    mean_abs = w.abs().reshape(groups, -1).mean(dim=1)
+    return (1.0 / mean_abs.clamp(min=eps)).reshape(groups, 1, 1)
+
+
+def ternarize(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmean quantization: ``(W_t, s_w)`` with ``W_t`` ternary, same shape and dtype as ``w``.
+
+    ``W_t / s_w`` (broadcast per group) approximates ``w``. An all-zero matrix
+    gives ``W_t = 0`` and a finite scale, never NaN.
+    """
+    s = absmean_scale(w, groups, eps)
+    w_t = (w.reshape(groups, -1, w.shape[1]) * s).round().clamp(-1, 1)
+    return w_t.reshape(w.shape), s.reshape(groups)
+
+
+def weight_quant(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> torch.Tensor:
+    """Fake-quantized weights ``W_q = W_t / s_w``: ternary values times a scale, as floats."""
+    s = absmean_scale(w, groups, eps)
+    # in-place ops on the fresh product: at babyGPT's size, allocations cost as much as arithmetic
+    return (w.reshape(groups, -1, w.shape[1]) * s).round_().clamp_(-1, 1).div_(s).reshape(w.shape)
+
+
+# ---------------------------------------------------------------- activations
+def absmax_scale(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
+    """``s_x`` per token: shape ``x.shape[:-1] + (1,)``; maps each row's largest |value| to ``2**(bits-1) - 1``."""
+    qmax = 2 ** (bits - 1) - 1
+    return qmax / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def quantize_activations(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax quantization: ``(x_i, s_x)``; ``x_i`` holds integers in [-2^(b-1), 2^(b-1)-1] (x's dtype).
+
+    The paper clamps ``round(x * s_x)`` to [-128, 127]; we skip it because it
+    can never bite: ``s_x`` maps the largest |x| of the row to 127, so every
+    ``|x * s_x| <= 127`` already (the tests check the range).
+    """
+    s = absmax_scale(x, bits, eps)
+    return (x * s).round_(), s
+
+
+def activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
+    """Fake-quantized activations ``x_q = x_i / s_x`` (same shape and dtype as ``x``)."""
+    x_i, s = quantize_activations(x, bits, eps)
+    return x_i.div_(s)
+
+
+# ---------------------------------------------------------------- the straight-through estimator
+def ste(x: torch.Tensor, x_q: torch.Tensor) -> torch.Tensor:
+    """The detach trick: the value of ``x_q``, the gradient of ``x``.
+
+    ``x + (x_q - x).detach()`` equals ``x_q`` in the forward pass; in the
+    backward pass the detached part is a constant, so d/dx is the identity.
+    """
+    return x + (x_q - x).detach()
+
+
+class RoundSTE(torch.autograd.Function):
+    """``round`` whose backward pass is the identity: the STE as an ``autograd.Function``.
+
+    Same gradients as ``ste(x, x.round())`` but one node in the graph instead
+    of three operations, which matters when the layers are tiny.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, pass the gradient straight through in the backward pass."""
+    return RoundSTE.apply(x)
