@@ -18,7 +18,7 @@ same code builds babyGPT (``nn.Linear``) and babyBitNet (``BitLinear``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -22,9 +22,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from babybitnet.compare import compare, markdown_table
 
     results = compare(args.preset, args.iters, args.device, args.seed, args.out, args.text, progress=not args.quiet)
-    print(
-        f"\npreset {args.preset!r} on {results['device']} (torch {results['torch']}, {results['cpu_threads']} threads)\n"
-    )
+    env = f"torch {results['torch']}, {results['cpu_threads']} threads"
+    print(f"\npreset {args.preset!r} on {results['device']} ({env})\n")
     print(markdown_table(results))
     print(f"wrote {Path(args.out) / 'results.json'}, table.md and loss_curves.png")
     return 0
