@@ -8,6 +8,7 @@ execute anything on your machine.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -24,13 +25,15 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer: CharTokenizer, meta
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # a JSON round trip keeps meta plain data (str subclasses such as torch.__version__ would not load)
+    meta = json.loads(json.dumps(meta or {}))
     torch.save(
         {
             "format": FORMAT,
             "config": model.config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
             "model": state,
-            "meta": meta or {},
+            "meta": meta,
         },
         path,
     )

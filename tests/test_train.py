@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from babybitnet.data import load_dataset
+from babybitnet.gpt import GPT
+from babybitnet.presets import get_preset
+from babybitnet.train import TrainConfig, estimate_loss, lr_at, train, weight_decay_at
+
+
+def test_lr_schedules():
+    c = TrainConfig(lr=1.0, max_iters=100, schedule="constant", warmup_iters=10)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == 1.0 and lr_at(99, c) == 1.0
+    c = TrainConfig(lr=1.0, min_lr=0.1, max_iters=110, schedule="cosine", warmup_iters=10)
+    assert lr_at(10, c) == pytest.approx(1.0) and lr_at(60, c) == pytest.approx(0.55) and lr_at(110, c) == 0.1
+    c = TrainConfig(lr=1.0, lr_stage2=0.4, max_iters=100, schedule="two_stage", weight_decay=0.1, weight_decay_stage2=0.0)
+    assert lr_at(49, c) == 1.0 and lr_at(50, c) == pytest.approx(0.4) and lr_at(100, c) == pytest.approx(0.0)
+    assert weight_decay_at(49, c) == 0.1 and weight_decay_at(50, c) == 0.0
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_presets():
+    g, tg = get_preset("seed", "gpt")
+    b, tb = get_preset("seed", "bitnet")
+    assert (g.linear, b.linear, tg.lr, tb.lr) == ("fp", "bitnet", 1e-3, 9e-4)
+    assert (tg.batch_size, g.block_size, tg.max_iters, tg.eval_iters) == (16, 32, 5000, 200)
+    assert not b.bitlinear_norm
+    _, t = get_preset("seed", "gpt", max_iters=50, seed=None)
+    assert t.max_iters == 50 and t.eval_interval == 10 and t.seed == 1337
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge", "gpt")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_preset("seed", "llama")
+
+
+def test_estimate_loss_is_the_mean_over_windows():
+    tok, train_data, _ = load_dataset()
+    torch.manual_seed(0)
+    m = GPT(get_preset("quick", "gpt")[0])
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    chunked = estimate_loss(m, train_data, 4, 10, 32, g1, torch.device("cpu"), chunk=8)
+    whole = estimate_loss(m, train_data, 4, 10, 32, g2, torch.device("cpu"), chunk=1000)
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert m.training  # the mode is restored
+
+
+def test_short_training_run_learns_and_records_history():
+    tok, train_data, val_data = load_dataset()
+    mcfg, tcfg = get_preset("quick", "bitnet", max_iters=60, eval_iters=4)
+    torch.manual_seed(0)
+    r = train(GPT(mcfg), train_data, val_data, tcfg, progress=False)
+    h = r["history"]
+    assert h["step"][0] == 0 and h["step"][-1] == 60 and len(h["val"]) == len(h["train"]) == len(h["step"])
+    assert r["final_val"] < h["val"][0] - 0.3
+    assert r["best_val"] == min(h["val"]) and r["ms_per_step"] > 0
