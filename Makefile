@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: run test lint format install clean quick bench
+.PHONY: run test lint format install clean quick bench lessons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# Course authors: regenerate the learner's lessons/ from solutions/ (make test fails while they differ).
+lessons: install
+	$(PY) -m babybitnet lessons
 
 test: lint
 	$(PY) -m pytest

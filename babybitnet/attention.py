@@ -37,6 +37,21 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tenso
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
+def causal_average(x: torch.Tensor) -> torch.Tensor:
+    """Running mean over time: out[..., t, :] = mean of x[..., :t+1, :], as one matmul.
+
+    x: (..., T, C) float. Returns (..., T, C), same dtype. The (T, T) weight matrix is
+    the causal mask with each row divided by its length, so row t averages
+    positions 0..t: the simplest attention, every past position weighted equally.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must be (..., T, C), got shape {tuple(x.shape)}")
+    T = x.shape[-2]
+    wei = causal_mask(T, x.device).to(x.dtype)
+    wei = wei / wei.sum(dim=-1, keepdim=True)
+    return wei @ x
+
+
 def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """Masked softmax of ``q k^T * scale``: (..., T, T), each row sums to 1 over the past."""
     T = q.shape[-2]

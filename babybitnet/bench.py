@@ -7,6 +7,8 @@ contenders in the same process, interleaved, and reports their ratio.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -16,6 +18,33 @@ from babybitnet.data import get_batch, load_dataset
 from babybitnet.gpt import GPT
 from babybitnet.presets import MODELS, get_preset
 from babybitnet.train import make_optimizer, resolve_device
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    """What a timing was measured on: CPU model and cores, GPU name, torch version, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line for humans: 'cpu (Intel Xeon, 2 cores, 2 threads), torch 2.13.0'."""
+    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_cores']} cores, {info['torch_threads']} threads"
+    return f"{info['device']} ({where}), torch {info['torch']}"
 
 
 def bench_train(
@@ -57,9 +86,7 @@ def bench_train(
     ms = {name: statistics.median(v) for name, v in rounds.items()}
     return {
         "preset": preset,
-        "device": str(dev),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
+        "machine": machine_info(dev),
         "steps_per_round": steps,
         "rounds": rounds,
         "ms_per_step": ms,

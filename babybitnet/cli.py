@@ -4,6 +4,9 @@ compare   train babyGPT and babyBitNet side by side and compare them
 train     train one model and save a checkpoint
 sample    generate text from a checkpoint
 bench     time things side by side (``bench train``)
+check     grade your exercises of a lesson (``check 3``)
+lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only compares)
+ladder    train the rungs from a bigram to babyGPT under the same settings
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from babybitnet.bench import describe
     from babybitnet.compare import compare, markdown_table
 
     results = compare(args.preset, args.iters, args.device, args.seed, args.out, args.text, progress=not args.quiet)
-    env = f"torch {results['torch']}, {results['cpu_threads']} threads"
-    print(f"\npreset {args.preset!r} on {results['device']} ({env})\n")
+    print(f"\npreset {args.preset!r} on {describe(results['machine'])}\n")
     print(markdown_table(results))
     print(f"wrote {Path(args.out) / 'results.json'}, table.md and loss_curves.png")
     return 0
@@ -70,11 +73,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from babybitnet.bench import bench_train
+    from babybitnet.bench import bench_train, describe
 
     r = bench_train(args.preset, args.steps, args.repeats, device=args.device)
     ms = r["ms_per_step"]
-    print(f"preset {args.preset!r}, {r['device']}, torch {r['torch']}, {r['cpu_threads']} threads")
+    print(f"preset {args.preset!r} on {describe(r['machine'])}")
     print(f"babyGPT     {ms['gpt']:.2f} ms per training step")
     print(f"babyBitNet  {ms['bitnet']:.2f} ms per training step")
     print(
@@ -84,6 +87,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(r, indent=2))
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from babybitnet.bench import describe
+    from babybitnet.ladder import ladder, markdown_table
+
+    r = ladder(
+        args.iters,
+        args.device,
+        args.seed,
+        args.out,
+        args.text,
+        init=args.init,
+        progress=not args.quiet,
+        eval_iters=args.eval_iters,
+    )
+
+    print(f"\nladder on {describe(r['machine'])}, init {args.init!r}\n")
+    print(markdown_table(r))
+    print(f"wrote {Path(args.out) / 'ladder.json'}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from babybitnet.course import CourseError, check_lesson
+
+    try:
+        return check_lesson(args.lesson, args.lessons_dir)
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_lessons(args: argparse.Namespace) -> int:
+    from babybitnet.course import CourseError, repo_root, sync_lessons
+
+    try:
+        root = repo_root("solutions")
+        problems = sync_lessons(root / "solutions", root / "lessons", write=not args.check)
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(p if args.check or p.what == "orphan" else f"wrote {p.path.relative_to(root)}")
+    if args.check and problems:
+        print("lessons/ is out of date: run `make lessons` (python -m babybitnet lessons)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -131,6 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", choices=DEVICES, default="cpu")
     bt.add_argument("--out", default="runs/bench_train.json", help="JSON results file ('' for none)")
     bt.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("check", help="grade your exercises of a lesson, one line per exercise", formatter_class=fmt)
+    sp.add_argument("lesson", type=int, help="lesson number, e.g. 3 for lessons/03_*.py")
+    sp.add_argument("--lessons-dir", default=None, help="folder of the lessons to grade (default: lessons/)")
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("lessons", help="regenerate lessons/ from solutions/ (course authors)", formatter_class=fmt)
+    sp.add_argument("--check", action="store_true", help="change nothing; exit 1 if lessons/ is out of date")
+    sp.set_defaults(func=cmd_lessons)
+
+    sp = sub.add_parser("ladder", help="from a bigram to babyGPT: train each rung the same way", formatter_class=fmt)
+    sp.add_argument("--iters", type=int, default=5000, help="training steps per rung")
+    sp.add_argument("--device", choices=DEVICES, default="auto", help="where to train; auto picks cuda, mps, cpu")
+    sp.add_argument("--seed", type=int, default=1337, help="random seed (model weights and batches)")
+    sp.add_argument("--init", choices=("torch", "gpt"), default="torch", help="PyTorch's default init or N(0, 0.02)")
+    sp.add_argument("--eval-iters", type=int, default=200, help="batches per split in each loss estimate")
+    sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+    sp.add_argument("--out", default="runs/ladder", help="folder for ladder.json")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_ladder)
     return p
 
 

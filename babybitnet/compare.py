@@ -9,11 +9,11 @@ differ. Writes ``results.json`` (everything, machine-readable), ``table.md``
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from babybitnet.bench import machine_info
 from babybitnet.data import load_dataset
 from babybitnet.gpt import GPT
 from babybitnet.presets import MODELS, get_preset
@@ -75,9 +75,7 @@ def compare(
         "preset": preset,
         "device": str(dev),
         "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "machine": machine_info(dev),
         "data": str(text or "tinyshakespeare"),
         "models": {},
     }

@@ -19,7 +19,17 @@ def test_compare_quick_writes_results_table_and_plot(tmp_path):
     assert r["preset"] == "quick" and r["device"] == "cpu" and r["torch"] == torch.__version__
     for name in ("gpt", "bitnet"):
         m = r["models"][name]
-        for key in ("params", "lr", "iters", "final_val", "best_val", "final_train", "seconds", "ms_per_step", "history"):
+        for key in (
+            "params",
+            "lr",
+            "iters",
+            "final_val",
+            "best_val",
+            "final_train",
+            "seconds",
+            "ms_per_step",
+            "history",
+        ):
             assert key in m, key
         assert m["iters"] == 600 and m["final_val"] < 2.6 and len(m["history"]["val"]) == 7
     assert r["models"]["gpt"]["params"] == 209_153 and r["models"]["bitnet"]["params"] == 207_617
@@ -73,5 +83,7 @@ def test_checkpoint_never_unpickles_code(tmp_path):
 def test_help_and_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "babybitnet", "compare", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--preset" in r.stdout and "--iters" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "babybitnet", "compare", "--preset", "nope"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "babybitnet", "compare", "--preset", "nope"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "invalid choice" in r.stderr

@@ -12,7 +12,9 @@ def test_lr_schedules():
     assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == 1.0 and lr_at(99, c) == 1.0
     c = TrainConfig(lr=1.0, min_lr=0.1, max_iters=110, schedule="cosine", warmup_iters=10)
     assert lr_at(10, c) == pytest.approx(1.0) and lr_at(60, c) == pytest.approx(0.55) and lr_at(110, c) == 0.1
-    c = TrainConfig(lr=1.0, lr_stage2=0.4, max_iters=100, schedule="two_stage", weight_decay=0.1, weight_decay_stage2=0.0)
+    c = TrainConfig(
+        lr=1.0, lr_stage2=0.4, max_iters=100, schedule="two_stage", weight_decay=0.1, weight_decay_stage2=0.0
+    )
     assert lr_at(49, c) == 1.0 and lr_at(50, c) == pytest.approx(0.4) and lr_at(100, c) == pytest.approx(0.0)
     assert weight_decay_at(49, c) == 0.1 and weight_decay_at(50, c) == 0.0
     with pytest.raises(ValueError, match="schedule"):
