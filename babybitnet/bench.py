@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from babybitnet.attention import MultiHeadAttention
 from babybitnet.data import get_batch, load_dataset
 from babybitnet.gpt import GPT
 from babybitnet.presets import MODELS, get_preset
@@ -47,22 +48,43 @@ def describe(info: dict) -> str:
     return f"{info['device']} ({where}), torch {info['torch']}"
 
 
+def seed_style_gpt(model: GPT) -> GPT:
+    """Turn a babyGPT into the seed project's layout: one module per head, explicit masked softmax.
+
+    Same parameters and same function as our fused attention (the tests prove it),
+    only slower: this is how the seed (and "Let's build GPT") computed attention,
+    so timing it beside ours says how our babyBitNet compares with the seed's babyGPT.
+    """
+    for block in model.blocks:
+        fused = block.attn
+        heads = MultiHeadAttention(fused.n_embd, fused.n_head, fused.dropout_p, fused.scale)
+        block.attn = heads.to(fused.qkv.weight.device)
+    return model
+
+
 def bench_train(
     preset: str = "seed", steps: int = 100, repeats: int = 5, warmup: int = 20, device: str = "cpu"
 ) -> dict:
     """Milliseconds per training step (forward, backward, AdamW) of babyGPT and babyBitNet.
 
-    The two models take turns, ``repeats`` rounds of ``steps`` steps each, and
-    we report the median round, so a burst of background load hits both.
+    A third contender, ``seed_gpt``, is babyGPT laid out as the seed project had
+    it (a module per attention head, PyTorch's default AdamW). The contenders
+    take turns, ``repeats`` rounds of ``steps`` steps each, and we report the
+    median round, so a burst of background load hits all of them.
     """
     dev = resolve_device(device)
     tok, train_data, _ = load_dataset()
     runs = {}
-    for name in MODELS:
-        mcfg, tcfg = get_preset(preset, name, tok.vocab_size)
+    for name in (*MODELS, "seed_gpt"):
+        mcfg, tcfg = get_preset(preset, "gpt" if name == "seed_gpt" else name, tok.vocab_size)
         torch.manual_seed(tcfg.seed)
-        model = GPT(mcfg).to(dev).train()
-        runs[name] = (model, make_optimizer(model, tcfg, dev), tcfg, torch.Generator().manual_seed(tcfg.seed))
+        model = GPT(mcfg)
+        if name == "seed_gpt":
+            model = seed_style_gpt(model)
+            opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)  # the seed's optimizer, not fused
+        else:
+            opt = make_optimizer(model, tcfg, dev)
+        runs[name] = (model.to(dev).train(), opt, tcfg, torch.Generator().manual_seed(tcfg.seed))
 
     def run_steps(name: str, n: int) -> float:
         model, opt, tcfg, g = runs[name]
@@ -77,11 +99,11 @@ def bench_train(
             torch.cuda.synchronize()
         return 1000 * (time.perf_counter() - t0) / n
 
-    for name in MODELS:
+    for name in runs:
         run_steps(name, warmup)
-    rounds: dict[str, list[float]] = {name: [] for name in MODELS}
+    rounds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name in MODELS:
+        for name in runs:
             rounds[name].append(run_steps(name, steps))
     ms = {name: statistics.median(v) for name, v in rounds.items()}
     return {
@@ -91,4 +113,5 @@ def bench_train(
         "rounds": rounds,
         "ms_per_step": ms,
         "ratio_bitnet_over_gpt": ms["bitnet"] / ms["gpt"],
+        "ratio_bitnet_over_seed_gpt": ms["bitnet"] / ms["seed_gpt"],
     }

@@ -78,11 +78,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     r = bench_train(args.preset, args.steps, args.repeats, device=args.device)
     ms = r["ms_per_step"]
     print(f"preset {args.preset!r} on {describe(r['machine'])}")
-    print(f"babyGPT     {ms['gpt']:.2f} ms per training step")
-    print(f"babyBitNet  {ms['bitnet']:.2f} ms per training step")
-    print(
-        f"ratio babyBitNet / babyGPT = {r['ratio_bitnet_over_gpt']:.2f}x (median of {args.repeats} interleaved rounds)"
-    )
+    print(f"babyGPT                      {ms['gpt']:.2f} ms per training step")
+    print(f"babyBitNet                   {ms['bitnet']:.2f} ms per training step")
+    print(f"seed-style babyGPT           {ms['seed_gpt']:.2f} ms per training step (a module per head, default AdamW)")
+    print(f"babyBitNet / babyGPT            = {r['ratio_bitnet_over_gpt']:.2f}x")
+    print(f"babyBitNet / seed-style babyGPT = {r['ratio_bitnet_over_seed_gpt']:.2f}x")
+    print(f"(median of {args.repeats} interleaved rounds of {args.steps} steps)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(r, indent=2))
