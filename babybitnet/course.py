@@ -20,6 +20,7 @@ import ast
 import contextlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,8 +299,10 @@ def find_lesson(number: int, lessons_dir: str | Path) -> Path:
 
 
 def resolve_lessons_dir(lessons_dir: str | Path | None, root: Path) -> Path:
-    """``--lessons-dir`` as given: relative to the current directory if it exists there, else to the repo."""
-    if lessons_dir is None:
+    """``--lessons-dir`` as given (or ``$BABYBITNET_LESSONS_DIR``): relative to the current directory if it
+    exists there, else to the repo; ``lessons/`` when neither is set."""
+    lessons_dir = lessons_dir or os.environ.get("BABYBITNET_LESSONS_DIR")
+    if not lessons_dir:
         return root / "lessons"
     p = Path(lessons_dir)
     if p.is_absolute() or p.is_dir():
