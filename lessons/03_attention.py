@@ -305,8 +305,7 @@ print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
 # %% [markdown]
 # As in lesson 2, we train on one CPU thread: the model is too small to gain
-# from more. On the busy 2-core CPU this lesson was written on, with other jobs
-# running, the run below took 7.6 s with one thread and 349 s with two.
+# from more, and a busy machine makes several threads much slower.
 
 # %%
 torch.set_num_threads(1)

@@ -344,11 +344,10 @@ print("logits:", tuple(logits.shape), f"loss at the start: {loss.item():.4f} (ln
 # are enough.
 #
 # One practical point: we train on a single CPU thread. The model is
-# tiny, so splitting its small matrix operations between threads costs more
-# than it saves, and on a busy machine the threads spend their time waiting
-# for each other. On the shared 2-core CPU this course was written on, with
-# other jobs running, the run below took 7.0 s with one thread and 109 s with
-# two.
+# tiny, so splitting its small matrix operations between threads costs about
+# as much as it saves, and on a machine busy with other jobs the threads
+# spend their time waiting for each other (PyTorch then gets many times
+# slower, not a little).
 
 # %%
 from babybitnet.train import TrainConfig, train
