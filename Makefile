@@ -11,13 +11,13 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: run test lint format install clean quick bench lessons
+.PHONY: run test lint format install clean quick bench lessons docs serve browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_INDEX) "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,8 +44,28 @@ format: install
 lessons: install
 	$(PY) -m babybitnet lessons
 
-test: lint
+# The course website (mkdocs.yml): a strict build into site/. Each lesson runs once per change
+# (mkdocs-jupyter's cache in .cache/); tests/test_course.py reads which ones ran instead of running them again.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# Headless Chromium for tests/test_site.py: Debian's chromium and chromium-driver, installed when missing
+# and apt-get is there (as root, or with sudo). Elsewhere the browser test is skipped, with a message.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "could not install chromium and chromium-driver: the browser test will be skipped"; \
+	else echo "no apt-get: install Chromium and ChromeDriver yourself, or the browser test is skipped"; fi
+
+# Lint, the strict site build (it executes every lesson once), then every test.
+test: lint docs browser
 	$(PY) -m pytest
 
 clean:
-	rm -rf runs site .pytest_cache .ruff_cache .hypothesis
+	rm -rf runs site site-screenshots .cache .pytest_cache .ruff_cache .hypothesis

@@ -63,6 +63,26 @@ def weight_quant(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> torch.Te
     return (w.reshape(groups, -1, w.shape[1]) * s).round_().clamp_(-1, 1).div_(s).reshape(w.shape)
 
 
+def ternary_quant(w: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Ternary fake quantization at a chosen step ``alpha > 0``: ``alpha * clamp(round(w / alpha), -1, 1)``.
+
+    ``alpha = mean(|W|)`` is absmean (``weight_quant`` up to float rounding), ``alpha = max(|W|)`` is
+    absmax; lesson 6 sweeps ``alpha`` to see how the choice moves the quantization error.
+    """
+    return (w / alpha).round().clamp(-1, 1) * alpha
+
+
+def binarize(w: torch.Tensor) -> torch.Tensor:
+    """Mean-centred binary weights in the style of BitNet (b1): ``sign(W - mean(W)) * mean(|W - mean(W)|)``.
+
+    ``sign`` here is +1 where ``W - mean(W) > 0`` and -1 elsewhere (zero goes to -1), so every
+    weight is one of two values. One mean and one scale per tensor; an all-zero matrix stays zero.
+    """
+    centred = w - w.mean()
+    beta = centred.abs().mean()
+    return torch.where(centred > 0, beta, -beta)
+
+
 # ---------------------------------------------------------------- activations
 def absmax_scale(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
     """``s_x`` per token: shape ``x.shape[:-1] + (1,)``; maps each row's largest |value| to ``2**(bits-1) - 1``."""

@@ -100,3 +100,25 @@ def test_ste_value_and_gradient():
     x3 = x.detach().clone().requires_grad_()
     x3.round().sum().backward()
     assert (x3.grad == 0).all()
+
+
+def test_ternary_quant_at_the_absmean_step_is_weight_quant():
+    from babybitnet.quant import ternary_quant
+
+    w = torch.randn(16, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ternary_quant(w, w.abs().mean()), weight_quant(w), atol=1e-6)
+    amax = w.abs().max()
+    q = ternary_quant(w, amax)
+    assert set((q / amax).unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert (q == 0).float().mean() > 0.9  # absmax: nearly everything rounds to zero
+    assert ternary_quant(torch.tensor([0.5, 1.5, -0.5, 3.0]), 1.0).tolist() == [0.0, 1.0, -0.0, 1.0]  # half to even
+
+
+def test_binarize_is_two_valued_and_mean_centred():
+    from babybitnet.quant import binarize
+
+    w = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # mean 3: centred [-2, -1, 0, 3], mean |.| = 1.5
+    assert binarize(w).tolist() == [[-1.5, -1.5], [-1.5, 1.5]]  # 0 goes to -1
+    assert torch.equal(binarize(torch.zeros(3, 4)), torch.zeros(3, 4))
+    x = torch.randn(8, 8, dtype=torch.float64)
+    assert binarize(x).dtype == torch.float64 and binarize(x).abs().unique().numel() == 1

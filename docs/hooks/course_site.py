@@ -1,0 +1,197 @@
+"""mkdocs hook: the course's lessons and landing page on the website.
+
+- Lessons: every ``lessons/NN_slug.py`` entry in the ``nav`` of mkdocs.yml is rendered from
+  ``solutions/NN_slug.py`` (complete, so no exercise stub raises). mkdocs-jupyter executes it
+  (once per content change: its cache is .cache/mkdocs-jupyter) and renders its outputs.
+  Only files named in the nav are built, so a half-written lesson in solutions/ stays off the site.
+- Each exercise cell gets a visible box: "Exercise N.M: write f()" and the command that checks it.
+- Each lesson page links to both downloads: the learner's version (lessons/, with stubs) and the
+  solution shown on the page.
+- The landing page (docs/index.md) is README.md, with its paths made relative to docs/.
+- MathJax and mermaid.js from a CDN, which nbconvert's template adds to every notebook, are removed: KaTeX,
+  vendored in docs/assets/katex, typesets the math of every page (docs/assets/math.js).
+- The build records which lessons it executed, with their content hash and seconds, in
+  .cache/executed-lessons.json; tests/test_course.py then does not execute them a second time.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import html
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import mkdocs.exceptions
+import mkdocs.plugins
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+EXECUTED = CACHE / "executed-lessons.json"
+BUILD_STAMP = CACHE / "site-build.json"
+STAGING = CACHE / "site-lessons"
+LESSON_ENTRY = re.compile(r"^lessons/(\d\d)_[A-Za-z0-9_]+\.py$")
+_MATHJAX = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL)
+_MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?</script>', re.DOTALL)
+_EXERCISE_CELL = re.compile(r'<div class="jp-Cell jp-CodeCell [^"]*\bcelltag_exercise\b[^"]*">')
+
+_executed: dict[str, dict] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (tests/test_site.py and tests/test_course.py import them too)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def nav_lessons(nav) -> list[str]:
+    """The ``lessons/NN_slug.py`` entries of a nav (nested lists and dicts), in order."""
+    found: list[str] = []
+
+    def walk(item) -> None:
+        if isinstance(item, str):
+            if LESSON_ENTRY.match(item):
+                found.append(item)
+        elif isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, list):
+            for value in item:
+                walk(value)
+
+    walk(nav)
+    return found
+
+
+def site_inputs_hash() -> str:
+    """One hash of everything the site is built from: stale site/ when it changes."""
+    h = hashlib.sha256()
+    paths = [ROOT / "mkdocs.yml", ROOT / "README.md"]
+    for folder in ("docs", "solutions", "lessons"):
+        paths += sorted(p for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in paths:
+        if p.exists():
+            h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Build events
+
+
+def on_config(config):
+    """Time every notebook mkdocs-jupyter executes (a cache hit executes nothing)."""
+    from mkdocs_jupyter import convert
+
+    original = getattr(convert.nb2html, "__wrapped__", convert.nb2html)
+
+    def timed_nb2html(nb_path, *args, **kwargs):
+        start = time.perf_counter()
+        out = original(nb_path, *args, **kwargs)
+        if kwargs.get("execute"):
+            path = Path(nb_path)
+            _executed[path.name] = {"sha256": sha256(path), "seconds": round(time.perf_counter() - start, 1)}
+        return out
+
+    timed_nb2html.__wrapped__ = original
+    convert.nb2html = timed_nb2html
+    _executed.clear()
+    return config
+
+
+@mkdocs.plugins.event_priority(100)  # before mkdocs-jupyter, which then takes these files as notebooks
+def on_files(files, config):
+    # mkdocs-jupyter needs a real file under a source folder, so each lesson is copied to .cache/site-lessons/.
+    shutil.rmtree(STAGING, ignore_errors=True)
+    for entry in nav_lessons(config["nav"]):
+        source = ROOT / "solutions" / Path(entry).name
+        if not source.exists():
+            raise mkdocs.exceptions.PluginError(f"mkdocs.yml lists {entry}, but there is no solutions/{source.name}")
+        (STAGING / entry).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, STAGING / entry)
+        files.append(File(entry, str(STAGING), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    if page.file.src_uri != "index.md":
+        return markdown
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = readme.replace("](docs/", "](")  # README's paths are relative to the repository
+    for entry in nav_lessons(config["nav"]):
+        stem = Path(entry).stem
+        readme = readme.replace(f"| `{stem}`:", f"| [`{stem}`]({entry}):")
+    return markdown.replace("{{ README }}", readme)
+
+
+def on_page_content(content, page, config, files):
+    if not LESSON_ENTRY.match(page.file.src_uri):
+        return content
+    content = _MERMAID.sub("", _MATHJAX.sub("", content))  # both would load from a CDN
+    source = ROOT / "solutions" / Path(page.file.src_uri).name
+    n = int(source.name[:2])
+    boxes = iter(exercise_boxes(source, n))
+    content = _EXERCISE_CELL.sub(lambda m: next(boxes, "") + m.group(0), content)
+    intro = (
+        '<div class="admonition info lesson-downloads"><p class="admonition-title">'
+        "This is the completed lesson, run top to bottom</p>"
+        f"<p>Work through it yourself in Jupyter: <code>lessons/{source.name}</code> in the repository "
+        f'(or <a href="{source.stem}.exercises.py" download="{source.name}">download the lesson with its '
+        f"exercises</a>), then check your answers with <code>python -m babybitnet check {n}</code>. "
+        f'<a href="{source.name}" download>Download this solution</a>.</p></div>\n'
+    )
+    return intro + content
+
+
+def exercise_boxes(source: Path, n: int) -> list[str]:
+    if str(ROOT) not in sys.path:  # the package from this checkout, installed or not
+        sys.path.insert(0, str(ROOT))
+    from babybitnet.course import parse_cells
+
+    boxes = []
+    for cell in parse_cells(source.read_text(encoding="utf-8")).tagged("exercise"):
+        names = [d.name for d in ast.parse(cell.source).body if isinstance(d, (ast.FunctionDef, ast.ClassDef))]
+        what = f": write <code>{html.escape(names[0])}</code>" if names else ""
+        boxes.append(
+            f'<div class="admonition exercise" id="exercise-{cell.exercise_id}"><p class="admonition-title">'
+            f"Exercise {cell.exercise_id}{what}</p><p>In <code>lessons/{source.name}</code> this cell stops with "
+            f"<code>NotImplementedError</code> until you write it. Check it with "
+            f"<code>python -m babybitnet check {n}</code>. Below: the solution.</p></div>\n"
+        )
+    return boxes
+
+
+def on_post_page(output, page, config):
+    if LESSON_ENTRY.match(page.file.src_uri):
+        stub = ROOT / "lessons" / Path(page.file.src_uri).name
+        target = Path(page.file.abs_dest_path).parent / f"{stub.stem}.exercises.py"
+        if stub.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stub, target)
+    return output
+
+
+def on_post_build(config):
+    CACHE.mkdir(exist_ok=True)
+    # Keep earlier records whose lesson is unchanged (mkdocs-jupyter's cache skipped them this time).
+    record = {}
+    for name, entry in {**read_json(EXECUTED), **_executed}.items():
+        path = ROOT / "solutions" / name
+        if path.exists() and entry.get("sha256") == sha256(path):
+            record[name] = entry
+    EXECUTED.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    BUILD_STAMP.write_text(json.dumps({"inputs": site_inputs_hash(), "site_dir": config["site_dir"]}) + "\n")
