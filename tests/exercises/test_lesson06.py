@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from babybitnet import quant as ref
-from babybitnet.grading import assert_close, assert_same
+from babybitnet.grading import assert_close, assert_pair, assert_rounded, assert_same
 
 pytestmark = pytest.mark.lesson06
 
@@ -24,20 +24,7 @@ SCALES = [1e-6, 1e-3, 0.02, 1.0, 1e3, 1e20]
 
 
 def pair(got: object, what: str) -> tuple:
-    """``got`` as a pair, or a failure that says what came back instead."""
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        kind = f"{len(got)} items" if isinstance(got, (tuple, list)) else type(got).__name__
-        raise AssertionError(f"{what} should return a pair (w_t, s_w), got {kind}")
-    return tuple(got)
-
-
-def assert_rounded(got: torch.Tensor, unrounded: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """``got == want``, except where ``unrounded`` lies within float rounding of a .5 threshold."""
-    if isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype:
-        u = unrounded.double()
-        near_tie = ((u - u.floor() - 0.5).abs() <= 1e-5 * u.abs().clamp(min=1.0)) & ((got - want).abs() <= 1)
-        want = torch.where(near_tie, got, want)
-    assert_same(got, want, what)
+    return assert_pair(got, what, "(w_t, s_w)")
 
 
 def random_matrix(rows: int, cols: int, scale: float, seed: int, dtype=torch.float32) -> torch.Tensor:
