@@ -7,6 +7,12 @@
   BitLinear. Takes about 3 minutes per model on a 2-core CPU.
 * ``quick``: the seed's model for 600 steps with a cheaper estimate; a smoke
   test of the whole pipeline in well under a minute on a CPU.
+* ``recipe``: the seed's size and step budget with what the official recipe
+  and our search found for babyBitNet: attention scaled by 1/sqrt(head_size),
+  squared-ReLU feed-forward, the two-stage schedule (warmup, a high peak LR,
+  a drop half way, cosine to 1e-4; weight decay 0.1 then 0, beta2 0.95).
+  babyGPT gets the same schedule at its own best peak LR. Work in progress
+  (issue 5): the ablation and lesson 10 will settle it.
 * ``nanogpt``: nanoGPT's ``train_shakespeare_char`` configuration (6 x 6 x 384,
   block 256, batch 64, dropout 0.2, cosine LR 1e-3 -> 1e-4 with 100 warmup
   steps, beta2 0.99, weight decay 0.1 on matrices, gradient clipping 1.0).
@@ -35,6 +41,23 @@ PRESETS: dict[str, dict] = {
         "train": dict(batch_size=16, max_iters=600, eval_interval=100, eval_iters=40, schedule="constant"),
         "gpt": {"train": dict(lr=1e-3)},
         "bitnet": {"train": dict(lr=9e-4)},
+    },
+    "recipe": {
+        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="head"),
+        "train": dict(
+            batch_size=16,
+            max_iters=5000,
+            eval_interval=100,
+            eval_iters=200,
+            schedule="two_stage",
+            warmup_iters=100,
+            min_lr=1e-4,
+            weight_decay=0.1,
+            weight_decay_stage2=0.0,
+            beta2=0.95,
+        ),
+        "gpt": {"train": dict(lr=3e-3, lr_stage2=1.5e-3)},
+        "bitnet": {"train": dict(lr=6e-3, lr_stage2=3e-3), "model": dict(activation="relu2")},
     },
     "nanogpt": {
         "model": dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False),

@@ -29,6 +29,9 @@ def test_presets():
     assert not b.bitlinear_norm
     _, t = get_preset("seed", "gpt", max_iters=50, seed=None)
     assert t.max_iters == 50 and t.eval_interval == 10 and t.seed == 1337
+    r, tr = get_preset("recipe", "bitnet")
+    assert (r.n_embd, r.n_head, r.n_layer, r.block_size, tr.batch_size, tr.max_iters) == (64, 4, 4, 32, 16, 5000)
+    assert tr.schedule == "two_stage" and tr.lr > tb.lr and r.activation == "relu2"
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge", "gpt")
     with pytest.raises(ValueError, match="unknown model"):
