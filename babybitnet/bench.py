@@ -17,7 +17,7 @@ import torch
 from babybitnet.attention import MultiHeadAttention
 from babybitnet.data import get_batch, load_dataset
 from babybitnet.gpt import GPT
-from babybitnet.presets import MODELS, get_preset
+from babybitnet.presets import MODELS, build_model
 from babybitnet.train import make_optimizer, resolve_device
 
 
@@ -76,9 +76,7 @@ def bench_train(
     tok, train_data, _ = load_dataset()
     runs = {}
     for name in (*MODELS, "seed_gpt"):
-        mcfg, tcfg = get_preset(preset, "gpt" if name == "seed_gpt" else name, tok.vocab_size)
-        torch.manual_seed(tcfg.seed)
-        model = GPT(mcfg)
+        model, tcfg = build_model(preset, "gpt" if name == "seed_gpt" else name, tok.vocab_size)
         if name == "seed_gpt":
             model = seed_style_gpt(model)
             opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)  # the seed's optimizer, not fused

@@ -37,15 +37,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from babybitnet.checkpoint import save_checkpoint
     from babybitnet.data import load_dataset
-    from babybitnet.gpt import GPT
-    from babybitnet.presets import get_preset
+    from babybitnet.presets import build_model
     from babybitnet.train import resolve_device, train
 
     dev = resolve_device(args.device)
     tok, train_data, val_data = load_dataset(args.text)
-    mcfg, tcfg = get_preset(args.preset, args.model, tok.vocab_size, max_iters=args.iters, seed=args.seed)
-    torch.manual_seed(tcfg.seed)
-    model = GPT(mcfg)
+    model, tcfg = build_model(args.preset, args.model, tok.vocab_size, max_iters=args.iters, seed=args.seed)
     r = train(model, train_data, val_data, tcfg, dev, progress=not args.quiet, desc=args.model)
     meta = {"preset": args.preset, "train_config": tcfg.to_dict(), "device": str(dev), "torch": torch.__version__}
     meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})

@@ -15,8 +15,7 @@ import torch
 
 from babybitnet.bench import machine_info
 from babybitnet.data import load_dataset
-from babybitnet.gpt import GPT
-from babybitnet.presets import MODELS, get_preset
+from babybitnet.presets import MODELS, build_model
 from babybitnet.train import resolve_device, train
 
 NAMES = {"gpt": "babyGPT", "bitnet": "babyBitNet"}
@@ -80,11 +79,9 @@ def compare(
         "models": {},
     }
     for model_name in MODELS:
-        mcfg, tcfg = get_preset(preset, model_name, tok.vocab_size, max_iters=iters, seed=seed)
-        torch.manual_seed(tcfg.seed)  # same initial weights for the same seed
-        model = GPT(mcfg)
+        model, tcfg = build_model(preset, model_name, tok.vocab_size, max_iters=iters, seed=seed)
         r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
-        results["models"][model_name] = {**r, "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict()}
+        results["models"][model_name] = {**r, "model_config": model.config.to_dict(), "train_config": tcfg.to_dict()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -23,27 +23,30 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from babybitnet.gpt import GPTConfig
+import torch
+
+from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.train import TrainConfig
 
 MODELS = ("gpt", "bitnet")
+SEED_SIZE = dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0)  # the seed project's model
 
 # Each preset: settings shared by both models, then per-model overrides.
 PRESETS: dict[str, dict] = {
     "seed": {
-        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="embd"),
+        "model": dict(SEED_SIZE, attn_scale="embd"),
         "train": dict(batch_size=16, max_iters=5000, eval_interval=100, eval_iters=200, schedule="constant"),
         "gpt": {"train": dict(lr=1e-3)},
         "bitnet": {"train": dict(lr=9e-4), "model": dict(bitlinear_norm=False)},
     },
     "quick": {
-        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="embd"),
+        "model": dict(SEED_SIZE, attn_scale="embd"),
         "train": dict(batch_size=16, max_iters=600, eval_interval=100, eval_iters=40, schedule="constant"),
         "gpt": {"train": dict(lr=1e-3)},
         "bitnet": {"train": dict(lr=9e-4)},
     },
     "recipe": {
-        "model": dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0, attn_scale="head"),
+        "model": dict(SEED_SIZE, attn_scale="head"),
         "train": dict(
             batch_size=16,
             max_iters=5000,
@@ -104,3 +107,14 @@ def get_preset(name: str, model: str, vocab_size: int = 65, **train_overrides) -
     if "max_iters" in overrides:  # keep a short run's eval points inside the run
         overrides.setdefault("eval_interval", min(tcfg.eval_interval, max(1, overrides["max_iters"] // 5)))
     return mcfg, replace(tcfg, **overrides)
+
+
+def build_model(name: str, model: str, vocab_size: int = 65, **train_overrides) -> tuple[GPT, TrainConfig]:
+    """A freshly initialised GPT for ``model`` under preset ``name``, and its TrainConfig.
+
+    The global RNG is seeded with the training seed first, so the same seed gives
+    the same initial weights: both models of a comparison start reproducibly.
+    """
+    mcfg, tcfg = get_preset(name, model, vocab_size, **train_overrides)
+    torch.manual_seed(tcfg.seed)
+    return GPT(mcfg), tcfg

@@ -52,15 +52,15 @@ def ternarize(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> tuple[torch
     gives ``W_t = 0`` and a finite scale, never NaN.
     """
     s = absmean_scale(w, groups, eps)
-    w_t = (w.reshape(groups, -1, w.shape[1]) * s).round().clamp(-1, 1)
+    # in-place ops on the fresh product: at babyGPT's size, allocations cost as much as arithmetic
+    w_t = (w.reshape(groups, -1, w.shape[1]) * s).round_().clamp_(-1, 1)
     return w_t.reshape(w.shape), s.reshape(groups)
 
 
 def weight_quant(w: torch.Tensor, groups: int = 1, eps: float = EPS) -> torch.Tensor:
     """Fake-quantized weights ``W_q = W_t / s_w``: ternary values times a scale, as floats."""
-    s = absmean_scale(w, groups, eps)
-    # in-place ops on the fresh product: at babyGPT's size, allocations cost as much as arithmetic
-    return (w.reshape(groups, -1, w.shape[1]) * s).round_().clamp_(-1, 1).div_(s).reshape(w.shape)
+    w_t, s = ternarize(w, groups, eps)
+    return w_t.reshape(groups, -1, w.shape[1]).div_(s.reshape(groups, 1, 1)).reshape(w.shape)
 
 
 def ternary_quant(w: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:

@@ -209,15 +209,12 @@ import time
 from torch import nn
 
 from babybitnet.data import get_batch, load_dataset
-from babybitnet.gpt import GPT
-from babybitnet.presets import get_preset
+from babybitnet.presets import build_model
 from babybitnet.train import estimate_loss, train
 
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and it shares the machine politely
 tok, train_data, val_data = load_dataset()
-model_config, train_config = get_preset("quick", "gpt", tok.vocab_size, max_iters=300, eval_iters=20)
-torch.manual_seed(1337)
-model = GPT(model_config)
+model, train_config = build_model("quick", "gpt", tok.vocab_size, max_iters=300, eval_iters=20)
 t0 = time.perf_counter()
 result = train(model, train_data, val_data, train_config, device="cpu", progress=False)
 print(f"300 steps in {time.perf_counter() - t0:.1f} s on this machine; val loss {result['final_val']:.3f}")
@@ -228,7 +225,7 @@ hooks = [
     m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0].detach()))
     for name, m in linears.items()
 ]
-xb, _ = get_batch(val_data, 16, model_config.block_size, torch.Generator().manual_seed(0))
+xb, _ = get_batch(val_data, 16, model.config.block_size, torch.Generator().manual_seed(0))
 with torch.no_grad():
     model(xb)
 for h in hooks:
@@ -291,7 +288,7 @@ def val_loss_with(quantizer) -> float:
     hooks = [m.register_forward_pre_hook(lambda m, args: (quantizer(args[0]),)) for m in linears.values()]
     try:
         g = torch.Generator().manual_seed(1)  # the same batches for every quantizer
-        return estimate_loss(model, val_data, 16, 20, model_config.block_size, g, torch.device("cpu"))
+        return estimate_loss(model, val_data, 16, 20, model.config.block_size, g, torch.device("cpu"))
     finally:
         for h in hooks:
             h.remove()

@@ -145,15 +145,12 @@ print("W_t / s_w =", [[f"{v:+.3f}" for v in row] for row in (w_t / s_w).tolist()
 import time
 
 from babybitnet.data import load_dataset
-from babybitnet.gpt import GPT
-from babybitnet.presets import get_preset
+from babybitnet.presets import build_model
 from babybitnet.train import train
 
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and it shares the machine politely
 tok, train_data, val_data = load_dataset()
-model_config, train_config = get_preset("quick", "bitnet", tok.vocab_size, max_iters=300, eval_iters=20)
-torch.manual_seed(1337)
-model = GPT(model_config)
+model, train_config = build_model("quick", "bitnet", tok.vocab_size, max_iters=300, eval_iters=20)
 t0 = time.perf_counter()
 result = train(model, train_data, val_data, train_config, device="cpu", progress=False)
 print(f"300 steps in {time.perf_counter() - t0:.1f} s on this machine; val loss {result['final_val']:.3f}")
