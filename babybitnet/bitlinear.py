@@ -66,6 +66,13 @@ class BitLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def row_scales(s_w: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight scales (G,) -> one per output row (n,): group g covers the n/G consecutive rows from g * n/G."""
+    if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
+        raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
+    return s_w.reshape(-1).to(dtype).repeat_interleave(n // s_w.numel())
+
+
 def int_linear(x: torch.Tensor, w_t: torch.Tensor, s_w: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
     """Inference with pre-quantized weights: ``(x_i @ W_t^T) / (s_x * s_w)``.
 
@@ -74,8 +81,7 @@ def int_linear(x: torch.Tensor, w_t: torch.Tensor, s_w: torch.Tensor, act_bits: 
     """
     x_i, s_x = quantize_activations(x, act_bits)
     acc = F.linear(x_i, w_t.to(x.dtype))  # integer sums, exact in float32
-    s_w_rows = s_w.to(x.dtype).repeat_interleave(w_t.shape[0] // s_w.numel())
-    return acc / (s_x * s_w_rows)
+    return acc / (s_x * row_scales(s_w, w_t.shape[0], x.dtype))
 
 
 class BitLinear(nn.Module):

@@ -2,10 +2,12 @@
 
 compare   train babyGPT and babyBitNet side by side and compare them
 train     train one model and save a checkpoint
-sample    generate text from a checkpoint
-bench     time things side by side (``bench train``)
+sample    generate text from a checkpoint (``--packed``: from a packed model file)
+pack      pack a babyBitNet checkpoint's ternary weights into 2 or 1.6 bits per weight (safetensors)
+bench     time and measure things side by side (``bench train``, ``bench memory``, ``bench matmul``)
 check     grade your exercises of a lesson (``check 3``)
 lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only compares)
+ablate    train every variant of a study over several seeds and report mean +- std
 ladder    train the rungs from a bigram to babyGPT under the same settings
 """
 
@@ -57,10 +59,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from babybitnet.checkpoint import load_checkpoint
+    from babybitnet.packed import load_packed
     from babybitnet.train import resolve_device
 
     dev = resolve_device(args.device)
-    model, tok, _ = load_checkpoint(args.checkpoint, dev)
+    model, tok, _ = (load_packed if args.packed else load_checkpoint)(args.checkpoint, dev)
     prompt = args.prompt if args.prompt else "\n"
     idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=dev)
     g = torch.Generator(device=dev).manual_seed(args.seed)
@@ -85,6 +88,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(r, indent=2))
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from babybitnet.checkpoint import load_checkpoint
+    from babybitnet.packed import save_packed
+
+    out = Path(args.out)
+    summary_path = out.with_suffix(".json")
+    if summary_path == out:
+        raise ValueError(f"OUT must not end in .json (the summary goes to OUT with suffix .json): {out}")
+    model, tok, meta = load_checkpoint(args.checkpoint)
+    save_packed(out, model, tok, args.format, meta={**meta, "source": str(args.checkpoint)})
+    ckpt_bytes, packed_bytes = Path(args.checkpoint).stat().st_size, out.stat().st_size
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "out": str(out),
+        "format": args.format,
+        "checkpoint_bytes": ckpt_bytes,
+        "packed_bytes": packed_bytes,
+        "ratio": ckpt_bytes / packed_bytes,
+        "params": model.num_params(),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print(f"checkpoint {args.checkpoint}: {ckpt_bytes:,} bytes")
+    print(f"packed ({args.format}) {out}: {packed_bytes:,} bytes, {summary['ratio']:.2f}x smaller")
+    print(f"wrote {out} and {summary_path}")
+    return 0
+
+
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    from babybitnet.packed import memory_report, memory_table
+
+    reports = [memory_report(p) for p in args.presets]
+    print(memory_table(reports))
+    print("(bytes: real file sizes; fp32/fp16: torch.save of the state dict; 2bit/base3: save_packed)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(reports, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_bench_matmul(args: argparse.Namespace) -> int:
+    import torch
+
+    from babybitnet.addonly import bench_matmul, matmul_table
+
+    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    results = bench_matmul(args.sizes, args.batches, args.repeats, threads)
+    print(matmul_table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from babybitnet.ablation import ablate, markdown_table
+    from babybitnet.bench import describe
+
+    results = ablate(
+        args.study, args.seeds, args.jobs, args.iters, args.eval_interval, args.out, args.text, not args.quiet
+    )
+    print(f"\nstudy {args.study!r}, {args.seeds} seeds, {results['jobs']} jobs on {describe(results['machine'])}\n")
+    print(markdown_table(results["summary"]))
+    print(f"wrote {Path(args.out) / 'results.json'} and table.md")
     return 0
 
 
@@ -163,15 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=fmt)
-    sp.add_argument("checkpoint", help="a checkpoint written by `train`")
+    sp.add_argument("checkpoint", help="a checkpoint written by `train` (with --packed: a file written by `pack`)")
     sp.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     sp.add_argument("--max-new-tokens", type=int, default=500)
     sp.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     sp.add_argument("--seed", type=int, default=1337)
     sp.add_argument("--device", choices=DEVICES, default="cpu")
+    sp.add_argument("--packed", action="store_true", help="CHECKPOINT is a packed model written by `pack`")
     sp.set_defaults(func=cmd_sample)
 
-    sp = sub.add_parser("bench", help="time things side by side in one run", formatter_class=fmt)
+    sp = sub.add_parser(
+        "pack",
+        help="pack a babyBitNet checkpoint's ternary weights into 2 or 1.6 bits per weight",
+        description="Load a babyBitNet checkpoint written by `train`, store every BitLinear's ternary weights "
+        "packed (2bit: 4 per byte; base3: 5 per byte) with their scales, and write it as a safetensors file. "
+        "Prints checkpoint and packed sizes and writes a JSON summary to OUT with suffix .json.",
+        formatter_class=fmt,
+    )
+    sp.add_argument("checkpoint", help="a babyBitNet checkpoint written by `train --model bitnet`")
+    sp.add_argument("out", help="packed model file to write (safetensors), e.g. runs/bitnet.safetensors")
+    sp.add_argument("--format", choices=("2bit", "base3"), default="2bit", help="2 or 1.6 bits per weight")
+    sp.set_defaults(func=cmd_pack)
+
+    sp = sub.add_parser("bench", help="time or measure things side by side in one run", formatter_class=fmt)
     bsub = sp.add_subparsers(dest="what", required=True, metavar="what")
     bt = bsub.add_parser("train", help="ms per training step, babyGPT vs babyBitNet", formatter_class=fmt)
     bt.add_argument("--preset", choices=sorted(PRESETS), default="seed")
@@ -180,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", choices=DEVICES, default="cpu")
     bt.add_argument("--out", default="runs/bench_train.json", help="JSON results file ('' for none)")
     bt.set_defaults(func=cmd_bench)
+    bm = bsub.add_parser(
+        "memory", help="bytes of a babyBitNet in fp32, fp16, 2-bit and base-3 packed files", formatter_class=fmt
+    )
+    bm.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["seed", "nanogpt"])
+    bm.add_argument("--out", default="runs/bench_memory.json", help="JSON results file ('' for none)")
+    bm.set_defaults(func=cmd_bench_memory)
+    bx = bsub.add_parser(
+        "matmul", help="time the add-only ternary matmul against a float matmul (N x N)", formatter_class=fmt
+    )
+    bx.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="square weight sizes N")
+    bx.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="rows of the input")
+    bx.add_argument("--repeats", type=int, default=20, help="timed calls per case")
+    bx.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    bx.add_argument("--out", default="runs/bench_matmul.json", help="JSON results file ('' for none)")
+    bx.set_defaults(func=cmd_bench_matmul)
 
     sp = sub.add_parser("check", help="grade your exercises of a lesson, one line per exercise", formatter_class=fmt)
     sp.add_argument("lesson", type=int, help="lesson number, e.g. 3 for lessons/03_*.py")
@@ -189,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("lessons", help="regenerate lessons/ from solutions/ (course authors)", formatter_class=fmt)
     sp.add_argument("--check", action="store_true", help="change nothing; exit 1 if lessons/ is out of date")
     sp.set_defaults(func=cmd_lessons)
+
+    sp = sub.add_parser(
+        "ablate",
+        help="which change of the recipe gives how much: every variant over several seeds, CPU",
+        description="Train every variant of a study (see babybitnet/ablation.py) once per seed on the CPU, "
+        "in parallel worker processes of one thread each, and report mean +- std of the final val loss. "
+        "The full 'ablation' study is 33 runs of 5000 steps: about 40 minutes with --jobs 2 on a 2-core laptop.",
+        formatter_class=fmt,
+    )
+    sp.add_argument("--study", choices=("ablation", "lr_sweep"), default="ablation")
+    sp.add_argument("--seeds", type=int, default=3, help="seeds per variant (1337, 1338, ...)")
+    sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU core)")
+    sp.add_argument("--iters", type=int, default=None, help="training steps per run (default: the preset's, 5000)")
+    sp.add_argument("--eval-interval", type=int, default=250, help="steps between loss estimates")
+    sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+    sp.add_argument("--out", default="runs/ablation", help="folder for results.json and table.md")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_ablate)
 
     sp = sub.add_parser("ladder", help="from a bigram to babyGPT: train each rung the same way", formatter_class=fmt)
     sp.add_argument("--iters", type=int, default=5000, help="training steps per rung")

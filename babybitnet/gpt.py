@@ -39,7 +39,7 @@ class GPTConfig:
     bitlinear_norm: bool = False  # RMSNorm inside BitLinear (official recipe), replacing the blocks' pre-norm
     attn_scale: str = "head"  # "head": 1/sqrt(head_size); "embd": 1/sqrt(n_embd), what the seed used
     activation: str = "relu"  # feed-forward non-linearity: relu, gelu or relu2 (squared ReLU)
-    bias: bool = True  # biases of nn.Linear layers (q, k, v never have one; BitLinear never has one)
+    bias: bool = True  # biases of the nn.Linear layers and lm_head (q, k, v never have one; BitLinear never has one)
 
     def __post_init__(self):
         if self.linear not in LINEAR_KINDS:
@@ -112,7 +112,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, linear) for _ in range(config.n_layer)])
         self.ln_f = nn.RMSNorm(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # full precision in both variants
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)  # full precision in both variants
         self.apply(self._init_weights)
 
     @staticmethod

@@ -239,6 +239,15 @@ def assert_close(got: Any, expected: Any, what: str, atol: float = 1e-5, rtol: f
         raise AssertionError(_message(what, *problem))
 
 
+def as_float(value: Any, what: str) -> float:
+    """``value`` if it is a Python float, else a failure that says what came back (a tensor: use ``.item()``)."""
+    if isinstance(value, torch.Tensor):
+        raise AssertionError(f"{what} should return a Python float (use .item()), got a tensor")
+    if not isinstance(value, float):
+        raise AssertionError(f"{what} should return a Python float, got {type(value).__name__}")
+    return value
+
+
 def assert_pair(got: Any, what: str, names: str = "(a, b)") -> tuple:
     """``got`` as a 2-tuple, or a failure that says what came back instead (``names`` e.g. "(w_t, s_w)")."""
     if not isinstance(got, (tuple, list)) or len(got) != 2:

@@ -71,7 +71,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "cosine":
         start, end, peak = cfg.warmup_iters, cfg.max_iters, cfg.lr
     else:
-        mid = int(cfg.stage2_frac * cfg.max_iters)
+        mid = stage2_start(cfg)
         if step < mid:
             return cfg.lr
         start, end = mid, cfg.max_iters
@@ -80,9 +80,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (peak - cfg.min_lr)
 
 
+def stage2_start(cfg: TrainConfig) -> int:
+    """The first step of the two-stage schedule's second stage: ``int(stage2_frac * max_iters)``."""
+    return int(cfg.stage2_frac * cfg.max_iters)
+
+
 def weight_decay_at(step: int, cfg: TrainConfig) -> float:
     """Weight decay for step ``step``: constant, except in stage 2 of the two-stage schedule."""
-    if cfg.schedule == "two_stage" and cfg.weight_decay_stage2 is not None and step >= cfg.stage2_frac * cfg.max_iters:
+    if cfg.schedule == "two_stage" and cfg.weight_decay_stage2 is not None and step >= stage2_start(cfg):
         return cfg.weight_decay_stage2
     return cfg.weight_decay
 

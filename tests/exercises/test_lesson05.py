@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from babybitnet.data import get_batch
 from babybitnet.gpt import GPT, GPTConfig
-from babybitnet.grading import assert_close
+from babybitnet.grading import as_float, assert_close
 from babybitnet.train import TrainConfig, estimate_loss, lr_at
 
 pytestmark = pytest.mark.lesson05
@@ -41,14 +41,6 @@ def reference_step(model, optimizer, x, y) -> float:
     loss.backward()
     optimizer.step()
     return loss.item()
-
-
-def as_float(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        raise AssertionError(f"{what} should return a Python float (use loss.item()), got a tensor")
-    if not isinstance(value, float):
-        raise AssertionError(f"{what} should return a Python float, got {type(value).__name__}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

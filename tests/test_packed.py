@@ -1,0 +1,311 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from babybitnet.bitlinear import BitLinear
+from babybitnet.checkpoint import save_checkpoint
+from babybitnet.cli import main
+from babybitnet.data import CharTokenizer
+from babybitnet.gpt import GPT, GPTConfig
+from babybitnet.packed import (
+    METADATA_KEY,
+    PackedBitLinear,
+    _checksum,
+    load_packed,
+    memory_report,
+    pack_model,
+    save_packed,
+)
+from babybitnet.packing import FORMATS
+
+TINY = dict(linear="bitnet", n_layer=1, n_embd=32, n_head=2, block_size=16)
+TOKENIZER = CharTokenizer([chr(c) for c in range(32, 32 + 65)])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def tiny_bitnet(seed: int = 0, **overrides) -> GPT:
+    """A tiny babyBitNet trained a few steps on random tokens, so its logits are far from uniform."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**{**TINY, **overrides}))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.randint(0, 65, (8, 17))
+    for _ in range(10):
+        _, loss = model(data[:, :-1], data[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+# ---------------------------------------------------------------- PackedBitLinear
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("norm", [False, True])
+@pytest.mark.parametrize("groups", [1, 12])
+def test_packed_bitlinear_matches_eval_bitlinear(fmt, norm, groups):
+    torch.manual_seed(groups + 2 * norm)
+    layer = BitLinear(30, 48, norm=norm, weight_groups=groups)  # 30: not a multiple of 4 or 5, so rows are padded
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(48, 1) * 3)  # groups of rows with very different scales
+        if norm:
+            layer.norm.weight.uniform_(0.5, 2.0)
+    layer.eval()
+    packed = PackedBitLinear.from_bitlinear(layer, fmt)
+    assert packed.packed.dtype == torch.uint8
+    assert packed.packed.shape == ((48, 8) if fmt == "2bit" else (48 * 30 // 5,))
+    w_t, s_w = layer.quantized_weight()
+    assert torch.equal(packed.ternary_weight(), w_t) and torch.equal(packed.scale, s_w)
+    assert packed.scale.shape == (groups,) and (packed.norm is not None) == norm
+    x = torch.randn(2, 5, 30) * 3
+    with torch.no_grad():
+        want = layer(x)
+        got = packed(x)
+    assert got.shape == (2, 5, 48)
+    assert rel_err(got, want) <= 1e-6
+
+
+def test_packed_bitlinear_with_bias_and_shape_error():
+    torch.manual_seed(0)
+    layer = BitLinear(20, 8, bias=True).eval()
+    with torch.no_grad():
+        layer.bias.normal_()
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(3, 20)
+    with torch.no_grad():
+        assert rel_err(packed(x), layer(x)) <= 1e-6
+    with pytest.raises(ValueError, match="last dimension is 20"):
+        packed(torch.randn(3, 21))
+    with pytest.raises(ValueError, match="expects a BitLinear"):
+        PackedBitLinear.from_bitlinear(torch.nn.Linear(4, 4))
+
+
+# ---------------------------------------------------------------- a packed model
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bitlinear_norm", [False, True])
+def test_packed_model_gives_the_same_logits_and_text(fmt, bitlinear_norm):
+    model = tiny_bitnet(bitlinear_norm=bitlinear_norm)
+    packed = pack_model(model, fmt)
+    assert not any(isinstance(m, BitLinear) for m in packed.modules())
+    assert sum(isinstance(m, PackedBitLinear) for m in packed.modules()) == 4
+    assert sum(isinstance(m, BitLinear) for m in model.modules()) == 4  # the original is untouched
+    idx = torch.randint(0, 65, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = model(idx)
+        got, _ = packed(idx)
+    assert want.std() > 0.1  # not a near-uniform model: the comparison means something
+    assert rel_err(got, want) <= 1e-6
+    prompt = idx[:1, :3]
+    out_model = model.generate(prompt, 20, temperature=0)
+    out_packed = packed.generate(prompt, 20, temperature=0)
+    assert out_packed.shape == (1, 23) and torch.equal(out_packed, out_model)
+
+
+def test_babygpt_refuses_to_pack(tmp_path):
+    gpt = GPT(GPTConfig(**{**TINY, "linear": "fp"}))
+    with pytest.raises(ValueError, match=r"only babyBitNet \(linear='bitnet'\) can be packed"):
+        pack_model(gpt)
+    with pytest.raises(ValueError, match="only babyBitNet"):
+        save_packed(tmp_path / "gpt.safetensors", gpt, TOKENIZER)
+    with pytest.raises(ValueError, match="unknown packing format"):
+        pack_model(tiny_bitnet(), "3bit")
+
+
+# ---------------------------------------------------------------- the file
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_save_load_round_trip(tmp_path, fmt):
+    model = tiny_bitnet()
+    path = save_packed(tmp_path / "m.safetensors", model, TOKENIZER, fmt, meta={"preset": "tiny", "n": 3})
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        assert f.get_tensor("blocks.0.attn.qkv.packed").dtype == torch.uint8
+        assert f.get_tensor("blocks.0.attn.qkv.scale").shape == (6,)  # 3 * n_head groups
+        header = json.loads(f.metadata()[METADATA_KEY])
+    assert "blocks.0.attn.qkv.weight" not in keys and "tok_emb.weight" in keys and "lm_head.weight" in keys
+    assert header["packing"] == fmt and header["version"] == 1 and header["tokenizer"] == TOKENIZER.to_dict()
+    loaded, tok, meta = load_packed(path)
+    assert meta == {"preset": "tiny", "n": 3} and tok.chars == TOKENIZER.chars
+    assert loaded.config == model.config and not loaded.training
+    idx = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], pack_model(model, fmt)(idx)[0])
+    # saving a model that is packed already writes the same tensors
+    again = save_packed(tmp_path / "again.safetensors", pack_model(model, fmt), TOKENIZER, fmt)
+    assert load_file(str(again)).keys() == load_file(str(path)).keys()
+    with pytest.raises(ValueError, match="already packed"):
+        save_packed(tmp_path / "x.safetensors", pack_model(model, fmt), TOKENIZER, "base3" if fmt == "2bit" else "2bit")
+
+
+@pytest.fixture
+def packed_file(tmp_path):
+    return save_packed(tmp_path / "m.safetensors", tiny_bitnet(), TOKENIZER, "2bit")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"packed model not found: .*nope.safetensors.*babybitnet pack"):
+        load_packed(tmp_path / "nope.safetensors")
+
+
+def test_tampered_file(packed_file):
+    raw = bytearray(packed_file.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 8):
+        raw[i] ^= 0xFF
+    packed_file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"m\.safetensors.*(checksum|corrupt)"):
+        load_packed(packed_file)
+
+
+def test_tampered_header(packed_file):
+    raw = bytearray(packed_file.read_bytes())
+    raw[20] ^= 0xFF  # inside the JSON header
+    packed_file.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"m\.safetensors"):
+        load_packed(packed_file)
+
+
+def test_truncated_file(packed_file):
+    packed_file.write_bytes(packed_file.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"m\.safetensors is not a readable safetensors file \(truncated"):
+        load_packed(packed_file)
+    packed_file.write_bytes(b"\x01")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_packed(packed_file)
+
+
+def test_torch_checkpoint_is_not_a_packed_file(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_bitnet(), TOKENIZER)
+    with pytest.raises(ValueError, match=r"m\.pt looks like a torch checkpoint .*babybitnet pack"):
+        load_packed(ckpt)
+
+
+def _rewrite(path, edit_header=None, edit_tensors=None, fix_checksum=True):
+    """Re-save a packed file with its header and/or tensors edited (as a careless tool might)."""
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()[METADATA_KEY])
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_header:
+        edit_header(header)
+    if fix_checksum:
+        header["sha256"] = _checksum(tensors)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(header)})
+
+
+def test_wrong_version(packed_file):
+    _rewrite(packed_file, edit_header=lambda h: h.update(version=99))
+    with pytest.raises(ValueError, match="version 99, this babybitnet reads version 1; re-pack"):
+        load_packed(packed_file)
+
+
+def test_missing_and_extra_tensors(packed_file):
+    _rewrite(packed_file, edit_tensors=lambda t: t.pop("blocks.0.mlp.fc.scale"))
+    with pytest.raises(ValueError, match=r"tensors missing \['blocks.0.mlp.fc.scale'\], unexpected \[\]"):
+        load_packed(packed_file)
+    _rewrite(packed_file, edit_tensors=lambda t: t.update({"blocks.0.mlp.fc.scale": torch.ones(1), "x": torch.ones(2)}))
+    with pytest.raises(ValueError, match=r"tensors missing \[\], unexpected \['x'\]"):
+        load_packed(packed_file)
+
+
+def test_wrong_shape_and_silently_changed_weights(packed_file):
+    _rewrite(packed_file, edit_tensors=lambda t: t.update({"lm_head.bias": torch.zeros(3)}))
+    with pytest.raises(ValueError, match=r"'lm_head.bias' is torch.float32 \(3,\), its config needs"):
+        load_packed(packed_file)
+    _rewrite(packed_file, edit_tensors=lambda t: t["tok_emb.weight"].add_(1), fix_checksum=False)
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        load_packed(packed_file)
+
+
+def test_other_safetensors_file(tmp_path):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="safetensors file but not a packed babyBitNet"):
+        load_packed(tmp_path / "other.safetensors")
+
+
+# ---------------------------------------------------------------- memory
+def test_memory_report_seed():
+    r = memory_report("seed")
+    f = r["formats"]
+    assert r["params"] == 207_617 and r["ternary_weights"] == 4 * (64 * 192 + 64 * 64 + 2 * 64 * 256)
+    assert f["2bit"]["bits_per_weight"] == 2.0
+    # base 3 packs each matrix flattened: ceil(weights / 5) bytes, e.g. qkv 192 * 64 / 5 = 2457.6 -> 2458
+    assert f["base3"]["bits_per_weight"] == 8 * 4 * (2458 + 820 + 3277 + 3277) / r["ternary_weights"]
+    assert f["base3"]["bytes"] < f["2bit"]["bytes"] < f["fp16"]["bytes"] < f["fp32"]["bytes"]
+    # the packed weights are 1/16 of their fp32 form; the fp32 embeddings and head are all that remain
+    assert f["2bit"]["packed_weight_bytes"] == r["ternary_weights"] // 4
+    assert f["2bit"]["bytes"] < r["ternary_weights"] // 4 + 4 * r["full_precision_params"] + 20_000
+
+
+def test_memory_report_nanogpt_is_ten_times_smaller():
+    r = memory_report("nanogpt")
+    f = r["formats"]
+    assert 10_600_000 < r["params"] < 10_800_000
+    assert f["fp32"]["bytes"] / f["2bit"]["bytes"] >= 10
+    assert f["2bit"]["bits_per_weight"] == 2.0 and 1.6 < f["base3"]["bits_per_weight"] < 1.61
+
+
+# ---------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def bitnet_checkpoint(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("cli") / "bitnet.pt"
+    assert main(["train", "--preset", "quick", "--model", "bitnet", "--iters", "20", "--device", "cpu",
+                 "--out", str(ckpt), "--quiet"]) == 0  # fmt: skip
+    return ckpt
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_pack_then_sample_packed(bitnet_checkpoint, tmp_path, capsys, fmt):
+    out = tmp_path / "bitnet.safetensors"
+    capsys.readouterr()
+    assert main(["pack", str(bitnet_checkpoint), str(out), "--format", fmt]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "bitnet.json").read_text())
+    assert summary["format"] == fmt and summary["packed_bytes"] == out.stat().st_size
+    assert summary["checkpoint_bytes"] == bitnet_checkpoint.stat().st_size and summary["ratio"] > 3
+    assert f"{summary['packed_bytes']:,} bytes" in printed and "smaller" in printed
+    _, _, meta = load_packed(out)
+    assert meta["preset"] == "quick" and meta["source"] == str(bitnet_checkpoint)
+
+    sample = ["--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0"]
+    assert main(["sample", str(bitnet_checkpoint), *sample]) == 0
+    want = capsys.readouterr().out
+    assert main(["sample", "--packed", str(out), *sample]) == 0
+    got = capsys.readouterr().out
+    assert got.startswith("ROMEO:") and len(got.rstrip("\n")) == 36 and got == want
+    assert main(["sample", "--packed", "--seed", "3", str(out), "--prompt", "A", "--max-new-tokens", "10"]) == 0
+
+
+def test_cli_pack_errors(bitnet_checkpoint, tmp_path, capsys):
+    gpt_ckpt = save_checkpoint(tmp_path / "gpt.pt", GPT(GPTConfig(n_layer=1)), TOKENIZER)
+    assert main(["pack", str(gpt_ckpt), str(tmp_path / "gpt.safetensors")]) == 2
+    assert "only babyBitNet" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["pack", str(bitnet_checkpoint), str(tmp_path / "x.json")]) == 2
+    assert "must not end in .json" in capsys.readouterr().err
+    assert main(["sample", "--packed", str(bitnet_checkpoint)]) == 2  # a checkpoint is not a packed file
+    assert "looks like a torch checkpoint" in capsys.readouterr().err
+
+
+def test_cli_bench_memory(tmp_path, capsys):
+    out = tmp_path / "mem.json"
+    assert main(["bench", "memory", "--presets", "seed", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| preset | format | bytes | MiB | ratio vs fp32 | bits per BitLinear weight |" in table
+    assert "| seed | 2bit |" in table and "| seed | base3 |" in table and "| 2.000 |" in table
+    reports = json.loads(out.read_text())
+    assert [r["preset"] for r in reports] == ["seed"] and reports[0]["formats"]["2bit"]["bits_per_weight"] == 2.0
+
+
+def test_cli_bench_matmul_parses():
+    from babybitnet.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "matmul"])
+    assert args.sizes == [1024, 4096] and args.batches == [1, 8] and args.repeats == 20 and args.threads is None
+    assert args.out == "runs/bench_matmul.json" and args.func.__name__ == "cmd_bench_matmul"
+    args = build_parser().parse_args(["bench", "matmul", "--sizes", "64", "--batches", "2", "--threads", "1"])
+    assert args.sizes == [64] and args.batches == [2] and args.threads == 1
