@@ -4,7 +4,7 @@ compare   train babyGPT and babyBitNet side by side and compare them
 train     train one model and save a checkpoint
 sample    generate text from a checkpoint (``--packed``: from a packed model file)
 pack      pack a babyBitNet checkpoint's ternary weights into 2 or 1.6 bits per weight (safetensors)
-bench     time and measure things side by side (``bench train``, ``bench memory``, ``bench matmul``)
+bench     time and measure things side by side (``bench train``, ``memory``, ``matmul``, ``kernel``)
 check     grade your exercises of a lesson (``check 3``)
 lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only compares)
 ablate    train every variant of a study over several seeds and report mean +- std
@@ -139,6 +139,25 @@ def cmd_bench_matmul(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     results = bench_matmul(args.sizes, args.batches, args.repeats, threads)
     print(matmul_table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_bench_kernel(args: argparse.Namespace) -> int:
+    from babybitnet.triton_gemv import bench_kernel, kernel_table
+
+    try:
+        sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes)
+    except ValueError:
+        raise ValueError(f"--sizes takes shapes like 4096x4096 (N outputs x K inputs), got {args.sizes}") from None
+    try:
+        results = bench_kernel(sizes, tuple(args.batches), args.repeats)
+    except RuntimeError as e:  # no CUDA GPU: one line, not a traceback
+        raise ValueError(str(e)) from None
+    print(kernel_table(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -289,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("lessons", help="regenerate lessons/ from solutions/ (course authors)", formatter_class=fmt)
     sp.add_argument("--check", action="store_true", help="change nothing; exit 1 if lessons/ is out of date")
     sp.set_defaults(func=cmd_lessons)
+
+    bk = bsub.add_parser(
+        "kernel", help="the Triton 2-bit GEMV vs torch bf16/fp16 on a CUDA GPU, in one run", formatter_class=fmt
+    )
+    bk.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["2560x2560", "4096x4096", "8192x8192", "13824x2560"],
+        help="weight shapes NxK (N outputs, K inputs)",
+    )
+    bk.add_argument("--batches", type=int, nargs="+", default=[1], help="tokens M")
+    bk.add_argument("--repeats", type=int, default=30, help="timed graph replays per contender")
+    bk.add_argument("--out", default="runs/bench_kernel.json", help="JSON results file ('' for none)")
+    bk.set_defaults(func=cmd_bench_kernel)
 
     sp = sub.add_parser(
         "ablate",

@@ -19,6 +19,19 @@ from babybitnet.presets import MODELS, build_model
 from babybitnet.train import resolve_device, train
 
 NAMES = {"gpt": "babyGPT", "bitnet": "babyBitNet"}
+MEASURED = Path(__file__).parent / "results"  # results.json of the full-size runs the course quotes
+
+
+def measured(name: str) -> dict:
+    """A measured result shipped with the package (``babybitnet/results/<name>.json``), e.g. "compare_recipe".
+
+    Each file says which command wrote it and on which machine (its "command" and "machine" keys).
+    """
+    path = MEASURED / f"{name}.json"
+    if not path.is_file():
+        have = sorted(p.stem for p in MEASURED.glob("*.json"))
+        raise FileNotFoundError(f"no measured result {name!r} in {MEASURED}; there are: {have}")
+    return json.loads(path.read_text())
 
 
 def markdown_table(results: dict) -> str:

@@ -41,9 +41,9 @@ class PackedBitLinear(nn.Module):
 
     Buffers: ``packed`` uint8, (out_features, ceil(in_features / 4)) for "2bit"
     (row by row), (ceil(out_features * in_features / 5),) for "base3" (the
-    matrix flattened, so 1.6 bits per weight up to 4 trits of padding); ``scale`` float32 (weight_groups,), the ``s_w`` of
-    ``BitLinear.quantized_weight()``. Sub-module ``norm`` (nn.RMSNorm) when the
-    BitLinear had ``norm=True``. Build it with :meth:`from_bitlinear`.
+    matrix flattened, so 1.6 bits per weight up to 4 trits of padding);
+    ``scale`` float32 (weight_groups,), the ``s_w`` of ``BitLinear.quantized_weight()``.
+    Sub-module ``norm`` (nn.RMSNorm) when the BitLinear had ``norm=True``. Build it with :meth:`from_bitlinear`.
 
     forward(x): x (..., in_features) float -> (..., out_features), the same
     numbers as ``BitLinear.eval()`` under ``torch.no_grad()``. There is no

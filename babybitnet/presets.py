@@ -11,9 +11,9 @@
   and our search found for babyBitNet: attention scaled by 1/sqrt(head_size),
   squared-ReLU feed-forward, the two-stage schedule (100 warm-up steps, peak
   LR 3e-3, a drop to 1.5e-3 half way, cosine to 1e-4; weight decay 0.1 then
-  0; beta2 0.95). The learning-rate sweep found the same settings best (or as
-  good as any) for babyGPT, so both models share them. ``python -m babybitnet
-  ablate`` measures what each change is worth (lesson 10).
+  0; beta2 0.95). babyGPT gets the same recipe at its own best peak in the
+  learning-rate sweep, 1e-3 (then 5e-4). ``python -m babybitnet ablate``
+  measures what each change is worth (lesson 10).
 * ``nanogpt``: nanoGPT's ``train_shakespeare_char`` configuration (6 x 6 x 384,
   block 256, batch 64, dropout 0.2, cosine LR 1e-3 -> 1e-4 with 100 warmup
   steps, beta2 0.99, weight decay 0.1 on matrices, gradient clipping 1.0).
@@ -62,7 +62,7 @@ PRESETS: dict[str, dict] = {
             weight_decay_stage2=0.0,
             beta2=0.95,
         ),
-        "gpt": {},
+        "gpt": {"train": dict(lr=1e-3, lr_stage2=5e-4)},  # babyGPT's best peak in the sweep
         "bitnet": {},
     },
     "nanogpt": {
