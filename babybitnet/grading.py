@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from babybitnet import course
 
@@ -237,6 +238,28 @@ def assert_close(got: Any, expected: Any, what: str, atol: float = 1e-5, rtol: f
     problem = _diff(got, expected, True, atol, rtol)
     if problem:
         raise AssertionError(_message(what, *problem))
+
+
+# torch functions (and tensor operators) that multiply: `a * b` is recorded as "mul", `a @ b` as "matmul"
+MULTIPLIES = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "multiply_", "matmul", "__matmul__",
+              "__rmatmul__", "mm", "bmm", "mv", "dot", "vdot", "inner", "outer", "einsum", "tensordot", "linear",
+              "bilinear", "_int_mm", "addmm", "addbmm", "baddbmm", "addmv", "addr", "linalg_multi_dot",
+              "linalg_vecdot", "chain_matmul", "kron", "prod", "cumprod", "conv1d", "conv2d"}  # fmt: skip
+
+
+class CallRecorder(TorchFunctionMode):
+    """Records the name of every torch function (and tensor operator) called inside its ``with`` block.
+
+    ``rec.names & MULTIPLIES`` then says whether some code multiplied tensors (lesson 12's add-only matmul).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
 
 
 def as_float(value: Any, what: str) -> float:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.overrides import TorchFunctionMode
 
 from babybitnet import addonly as A
 from babybitnet.bitlinear import int_linear
+from babybitnet.grading import MULTIPLIES, CallRecorder
 from babybitnet.packing import pack_2bit
 from babybitnet.quant import ternarize
 
@@ -148,20 +148,6 @@ def test_empty_shapes():
 
 
 # ---------------------------------------------------------------- no multiplication on the operands
-_MULTIPLIES = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "matmul", "__matmul__", "mm", "bmm", "linear",
-               "einsum", "_int_mm", "dot", "mv", "addmm", "tensordot", "prod"}  # fmt: skip
-
-
-class _Recorder(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.add(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("name", ["masks", "packed", "lut"])
 def test_pure_torch_versions_never_multiply(name):
     x_q, w_t = random_case(3, 9, 37, seed=0)
@@ -170,17 +156,17 @@ def test_pure_torch_versions_never_multiply(name):
         "masks": lambda: A.addonly_matmul(x_q, w_t),
         **{k: lambda f=f: f(x_q, packed, 37) for k, f in PACKED_IMPLS.items()},
     }
-    with _Recorder() as rec:
+    with CallRecorder() as rec:
         got = fn[name]()
     assert torch.equal(got, exact(x_q, w_t))
     assert rec.names, "the recorder saw nothing: it would not catch a multiplication either"
-    assert not rec.names & _MULTIPLIES, f"{name} multiplies: {rec.names & _MULTIPLIES}"
+    assert not rec.names & MULTIPLIES, f"{name} multiplies: {rec.names & MULTIPLIES}"
 
 
 def test_recorder_catches_a_matmul():
-    with _Recorder() as rec:
+    with CallRecorder() as rec:
         torch.ones(2, 2) @ torch.ones(2, 2)
-    assert rec.names & _MULTIPLIES
+    assert rec.names & MULTIPLIES
 
 
 # ---------------------------------------------------------------- the layer

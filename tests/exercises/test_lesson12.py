@@ -14,37 +14,18 @@ import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from torch.overrides import TorchFunctionMode
 
 from babybitnet import addonly as ref
-from babybitnet.grading import assert_same
+from babybitnet.grading import MULTIPLIES, CallRecorder, assert_same
 from babybitnet.packing import pack_2bit
 
 pytestmark = pytest.mark.lesson12
-
-# torch functions (and tensor operators) that multiply: `a * b` is recorded as "mul", `a @ b` as "matmul"
-MULTIPLIES = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "multiply_", "matmul", "__matmul__",
-              "__rmatmul__", "mm", "bmm", "mv", "dot", "vdot", "inner", "outer", "einsum", "tensordot", "linear",
-              "bilinear", "_int_mm", "addmm", "addbmm", "baddbmm", "addmv", "addr", "linalg_multi_dot",
-              "linalg_vecdot", "chain_matmul", "kron", "prod", "cumprod", "conv1d", "conv2d"}  # fmt: skip
-
-
-class Recorder(TorchFunctionMode):
-    """Records the name of every torch function called inside its ``with`` block."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.add(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
 
 
 def call_without_multiplying(fn, args: tuple, what: str):
     """``fn(*args)``, failing in words if it multiplied or changed its tensor arguments in place."""
     before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
-    with Recorder() as rec:
+    with CallRecorder() as rec:
         got = fn(*args)
     used = sorted(rec.names & MULTIPLIES)
     if used:
@@ -211,7 +192,7 @@ def test_largest_sums(lesson, name, x, w):
 
 @pytest.mark.parametrize("name", MATMULS)
 def test_never_multiplies(lesson, name):
-    with Recorder() as rec:  # the recorder itself: it must see a matmul when there is one
+    with CallRecorder() as rec:  # the recorder itself: it must see a matmul when there is one
         torch.ones(2, 3, dtype=torch.int32) @ torch.ones(3, 2, dtype=torch.int32)
     assert rec.names & MULTIPLIES, "the grader's recorder does not see matmuls"
     x_q, w_t = random_case(5, 12, 64, seed=5)
