@@ -58,6 +58,8 @@ class BitLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):  # noqa: D102
         x_q, w_q = ctx.saved_tensors
+        # under autocast (bf16) the forward's matmul ran in grad_y's dtype: do the same here
+        x_q, w_q = x_q.to(grad_y.dtype), w_q.to(grad_y.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y @ w_q  # straight through: d x_q / d x = identity

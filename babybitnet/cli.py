@@ -27,7 +27,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from babybitnet.bench import describe
     from babybitnet.compare import compare, markdown_table
 
-    results = compare(args.preset, args.iters, args.device, args.seed, args.out, args.text, progress=not args.quiet)
+    results = compare(
+        args.preset,
+        args.iters,
+        args.device,
+        args.seed,
+        args.out,
+        args.text,
+        progress=not args.quiet,
+        dtype=args.dtype,
+        compile=args.compile,
+    )
     print(f"\npreset {args.preset!r} on {describe(results['machine'])}\n")
     print(markdown_table(results))
     print(f"wrote {Path(args.out) / 'results.json'}, table.md and loss_curves.png")
@@ -44,7 +54,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dev = resolve_device(args.device)
     tok, train_data, val_data = load_dataset(args.text)
-    model, tcfg = build_model(args.preset, args.model, tok.vocab_size, max_iters=args.iters, seed=args.seed)
+    model, tcfg = build_model(
+        args.preset,
+        args.model,
+        tok.vocab_size,
+        max_iters=args.iters,
+        seed=args.seed,
+        dtype=args.dtype,
+        compile=args.compile,
+    )
     r = train(model, train_data, val_data, tcfg, dev, progress=not args.quiet, desc=args.model)
     meta = {"preset": args.preset, "train_config": tcfg.to_dict(), "device": str(dev), "torch": torch.__version__}
     meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})
@@ -240,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 1337)")
         sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument(
+            "--dtype", choices=("float32", "bfloat16"), default=None, help="bfloat16: autocast (GPUs; default float32)"
+        )
+        sp.add_argument(
+            "--compile", action="store_const", const=True, default=None, help="torch.compile the model (GPUs)"
+        )
 
     sp = sub.add_parser("compare", help="train babyGPT and babyBitNet side by side", formatter_class=fmt)
     common(sp)

@@ -79,8 +79,13 @@ def compare(
     out: str | Path = "runs/compare",
     text: str | Path | None = None,
     progress: bool = True,
+    dtype: str | None = None,
+    compile: bool | None = None,
 ) -> dict:
-    """Train both models under ``preset``; write results.json, table.md, loss_curves.png into ``out``."""
+    """Train both models under ``preset``; write results.json, table.md, loss_curves.png into ``out``.
+
+    ``dtype="bfloat16"`` and ``compile=True`` (GPUs) replace the preset's float32 without compile.
+    """
     dev = resolve_device(device)
     tok, train_data, val_data = load_dataset(text)
     results: dict = {
@@ -92,7 +97,9 @@ def compare(
         "models": {},
     }
     for model_name in MODELS:
-        model, tcfg = build_model(preset, model_name, tok.vocab_size, max_iters=iters, seed=seed)
+        model, tcfg = build_model(
+            preset, model_name, tok.vocab_size, max_iters=iters, seed=seed, dtype=dtype, compile=compile
+        )
         r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
         results["models"][model_name] = {**r, "model_config": model.config.to_dict(), "train_config": tcfg.to_dict()}
     out = Path(out)

@@ -93,12 +93,18 @@ def absmax_scale(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tens
 def quantize_activations(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax quantization: ``(x_i, s_x)``; ``x_i`` holds integers in [-2^(b-1), 2^(b-1)-1] (x's dtype).
 
-    The paper clamps ``round(x * s_x)`` to [-128, 127]; we skip it because it
-    can never bite: ``s_x`` maps the largest |x| of the row to 127, so every
-    ``|x * s_x| <= 127`` already (the tests check the range).
+    The paper clamps ``round(x * s_x)`` to [-128, 127]; in float32 we skip it
+    because it can never bite: ``s_x`` maps the largest |x| of the row to 127,
+    so every ``|x * s_x| <= 127`` already (the tests check the range). In
+    bfloat16 ``s_x`` itself is rounded to 8 bits and ``x * s_x`` can land on
+    128, so for bfloat16 and float16 we clamp to [-127, 127].
     """
     s = absmax_scale(x, bits, eps)
-    return (x * s).round_(), s
+    q = (x * s).round_()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        qmax = 2 ** (bits - 1) - 1
+        q.clamp_(-qmax, qmax)
+    return q, s
 
 
 def activation_quant(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:

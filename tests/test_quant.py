@@ -41,6 +41,16 @@ def test_literal_formula_with_clamp_agrees():
     assert x_i.abs().max() <= 127
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_low_precision_activations_stay_within_127(dtype):
+    # s_x rounded to bf16 (8 bits) can push x * s_x to 128; low-precision dtypes are clamped to [-127, 127]
+    x = torch.randn(20000, 256, generator=torch.Generator().manual_seed(0)).to(dtype)
+    s = 127 / x.abs().amax(-1, keepdim=True)
+    assert (x * s).round().abs().max() > 127  # the case exists: without the clamp this test is about something
+    x_i, _ = quantize_activations(x)
+    assert x_i.dtype == dtype and x_i.abs().max() == 127
+
+
 @pytest.mark.parametrize("value", [0.0, 1e-9, 3.0, -2.5])
 def test_zero_and_constant_tensors_have_no_nan(value):
     w = torch.full((4, 6), value)

@@ -58,3 +58,24 @@ def test_short_training_run_learns_and_records_history():
     assert h["step"][0] == 0 and h["step"][-1] == 60 and len(h["val"]) == len(h["train"]) == len(h["step"])
     assert r["final_val"] < h["val"][0] - 0.3
     assert r["best_val"] == min(h["val"]) and r["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("model", ["gpt", "bitnet"])
+def test_bfloat16_autocast_trains_and_keeps_float32_weights(model):
+    # bf16 autocast (meant for GPUs) also runs on the CPU: BitLinear's backward must match the forward's dtype
+    tok, train_data, val_data = load_dataset()
+    mcfg, tcfg = get_preset("quick", model, tok.vocab_size, max_iters=4, eval_iters=2, dtype="bfloat16")
+    torch.manual_seed(0)
+    net = GPT(mcfg)
+    r = train(net, train_data, val_data, tcfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(v)) for v in r["history"]["val"])
+    assert r["history"]["val"][-1] < r["history"]["val"][0]
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="float8")
+
+
+def test_two_stage_boundary_is_the_same_step_for_lr_and_weight_decay():
+    c = TrainConfig(max_iters=3333, schedule="two_stage", lr=1.0, weight_decay=0.1, weight_decay_stage2=0.0)
+    assert lr_at(1665, c) == 1.0 and weight_decay_at(1665, c) == 0.1  # int(0.5 * 3333) = 1666
+    assert lr_at(1666, c) == 0.5 and weight_decay_at(1666, c) == 0.0
