@@ -112,8 +112,14 @@ class PackedBitLinear(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
-        # Unpacking on every call keeps memory small; a real kernel would decode inside the matmul.
-        y = int_linear(x, self.ternary_weight(), self.scale, self.act_bits)
+        if x.is_cuda and self.fmt == "2bit" and self.act_bits == 8 and _triton_available():
+            # on a GPU the Triton kernel decodes the packed bytes inside the matmul (lesson 13)
+            from babybitnet.triton_gemv import triton_packed_linear
+
+            y = triton_packed_linear(x, self.packed, self.scale, self.in_features)
+        else:
+            # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
+            y = int_linear(x, self.ternary_weight(), self.scale, self.act_bits)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -122,6 +128,13 @@ class PackedBitLinear(nn.Module):
             f"bias={self.bias is not None}, norm={self.norm is not None}, weight_groups={self.weight_groups}, "
             f"act_bits={self.act_bits}"
         )
+
+
+def _triton_available() -> bool:
+    """Whether triton can be imported (the GPU path of PackedBitLinear needs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _layer_spec(layer: PackedBitLinear) -> dict:

@@ -309,3 +309,16 @@ def test_cli_bench_matmul_parses():
     assert args.out == "runs/bench_matmul.json" and args.func.__name__ == "cmd_bench_matmul"
     args = build_parser().parse_args(["bench", "matmul", "--sizes", "64", "--batches", "2", "--threads", "1"])
     assert args.sizes == [64] and args.batches == [2] and args.threads == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path of PackedBitLinear runs on CUDA tensors")
+@pytest.mark.parametrize("groups", [1, 3])
+def test_packed_bitlinear_on_cuda_uses_the_kernel_and_matches_the_torch_path(groups):
+    torch.manual_seed(0)
+    layer = BitLinear(96, 48, weight_groups=groups).eval()
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(2, 5, 96)
+    with torch.no_grad():
+        want = packed(x)  # CPU: unpack + int_linear
+        got = packed.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
