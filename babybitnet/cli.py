@@ -339,10 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument(
         "--sizes",
         nargs="+",
-        default=["2560x2560", "4096x4096", "8192x8192", "13824x2560"],
+        default=["2560x2560", "4096x4096", "8192x8192", "13824x2560", "20480x3200"],
         help="weight shapes NxK (N outputs, K inputs)",
     )
-    bk.add_argument("--batches", type=int, nargs="+", default=[1], help="tokens M")
+    bk.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="tokens M")
     bk.add_argument("--repeats", type=int, default=30, help="timed graph replays per contender")
     bk.add_argument("--out", default="runs/bench_kernel.json", help="JSON results file ('' for none)")
     bk.set_defaults(func=cmd_bench_kernel)

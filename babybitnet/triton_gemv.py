@@ -379,8 +379,8 @@ def _check_contenders(x: torch.Tensor, w_t: torch.Tensor, packed: torch.Tensor, 
 
 
 def bench_kernel(
-    sizes: tuple[tuple[int, int], ...] = ((2560, 2560), (4096, 4096), (8192, 8192), (13824, 2560)),
-    batches: tuple[int, ...] = (1,),
+    sizes: tuple[tuple[int, int], ...] = ((2560, 2560), (4096, 4096), (8192, 8192), (13824, 2560), (20480, 3200)),
+    batches: tuple[int, ...] = (1, 8),
     repeats: int = 30,
     configs: tuple[Config, ...] = CONFIGS,
     device: str = "cuda",
