@@ -1,0 +1,531 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 13: A GPU kernel for 2-bit weights
+#
+# Lesson 12 computed the ternary matmul with additions only and ran it on a
+# CPU core, with a small C++ kernel. Language models mostly run on GPUs, so
+# this lesson takes the same idea there. It uses **Triton**, a Python
+# language for GPU kernels: you write what one program does to one tile of
+# the data, and Triton compiles it for the GPU.
+#
+# 1. what a GPU kernel is, and why the speed of a GEMV is set by the bytes per weight;
+# 2. the Triton kernel of `babybitnet/triton_gemv.py`, block by block;
+# 3. your own Triton kernel that unpacks the 2-bit weights (the exercise);
+# 4. running the package's kernel and checking it, to the last bit;
+# 5. how fast it is on an H100, and why not as fast as it could be;
+# 6. babyBitNet at nanoGPT's size, trained on one H100.
+#
+# No GPU? Then Triton's **interpreter** runs every kernel on the CPU, in
+# Python, one program after the other: very slow, but the very same kernel
+# code and the very same answers. The imports cell switches it on when
+# PyTorch sees no CUDA GPU, so this lesson runs anywhere (on tiny shapes).
+
+# %% tags=["imports"]
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # No GPU here: run Triton kernels in Triton's interpreter, on CPU tensors. Triton reads
+    # TRITON_INTERPRET when @triton.jit decorates a kernel, so set it before importing triton
+    # (or babybitnet.triton_gemv, whose kernel is decorated when the module is imported).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton
+import triton.language as tl
+
+torch.set_num_threads(1)  # small problems: one thread is as fast, and never fights other programs for the cores
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# %% [markdown]
+# ## 1. What a GPU kernel is, and what limits it
+#
+# A GPU runs one function, the **kernel**, as thousands of **programs** at
+# once. In Triton each program gets its numbers from `tl.program_id(axis)`
+# and works on one **tile**: a small block of the data, say 4 rows of a
+# weight matrix times 1,024 of its columns. The launcher chooses the **grid**,
+# how many programs there are along each axis, so that the tiles cover the
+# whole problem. Inside a program, a line such as `tl.load(ptrs, mask=...)`
+# works on the whole tile at once; Triton spreads it over the GPU's threads.
+#
+# When a model generates text it handles one token at a time, and every
+# linear layer is a matrix-vector product (a **GEMV**): $y = W x$, with $W$ of
+# shape $(N, K)$. Count what it needs:
+#
+# - **arithmetic**: each weight is used once, for one multiply and one add: $2NK$ operations;
+# - **memory**: each weight is read once from the GPU's memory: $NK \cdot b$ bytes
+#   for $b$ bytes per weight (the vector $x$ and the output are tiny beside it).
+#
+# So a GEMV does about $2 / b$ operations per byte it reads: 1 for bf16
+# ($b = 2$). A GPU can do far more arithmetic than that in the time the byte
+# takes to arrive, so the kernel spends its time waiting for memory: it is
+# **memory-bound**, and its best possible time is
+#
+# $$t \;\ge\; \frac{N K \, b}{\text{memory bandwidth}} .$$
+#
+# An H100 SXM's memory (HBM3) peaks at 3.35 TB/s. With 2-bit weights,
+# $b = 1/4$ where bf16 has $b = 2$: **8 times fewer bytes, so up to 8 times
+# faster**, if the kernel keeps up with the memory. (A kernel that is limited
+# by its arithmetic instead is **compute-bound**; section 5 meets one.)
+
+# %%
+import matplotlib.pyplot as plt
+
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM peak memory bandwidth (shared/REFERENCE.md)
+FORMATS = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "2-bit packed": 0.25}  # bytes per weight
+SHAPES = [(4096, 4096), (8192, 8192)]
+
+for n, k in SHAPES:
+    bounds = ", ".join(f"{name} {n * k * b / HBM_BYTES_PER_S * 1e6:.1f} µs" for name, b in FORMATS.items())
+    print(f"{n} x {k} GEMV, at least: {bounds}")
+
+fig, ax = plt.subplots(figsize=(8, 3.4))
+width = 0.38
+for i, (n, k) in enumerate(SHAPES):
+    us = [n * k * b / HBM_BYTES_PER_S * 1e6 for b in FORMATS.values()]
+    xs = [j + (i - 0.5) * width for j in range(len(FORMATS))]
+    bars = ax.bar(xs, us, width, label=f"{n} x {k}", color=f"C{i}")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+ax.set_xticks(range(len(FORMATS)), [f"{name}\n({b:g} bytes/weight)" for name, b in FORMATS.items()])
+ax.set(ylabel="µs (lower bound)", title="A GEMV's best time at 3.35 TB/s: only the bytes per weight count")
+ax.grid(alpha=0.3, axis="y")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. The kernel of `babybitnet/triton_gemv.py`, block by block
+#
+# `ternary_gemv_kernel` computes $y = x W_t^\top$ for $M$ tokens (1 to 16 at
+# decode time) straight from the 2-bit bytes of lesson 11 (`pack_2bit`: the
+# code of weight $4i + j$ sits in bits $2j$ and $2j + 1$ of byte $i$; code
+# `0b00` is $-1$, `0b01` is $0$, `0b10` is $+1$). Its pieces, printed from the
+# source, in order.
+
+# %%
+import inspect
+import textwrap
+
+import babybitnet.triton_gemv as TG
+
+KERNEL_LINES = textwrap.dedent(inspect.getsource(TG.ternary_gemv_kernel.fn)).splitlines()
+
+
+def excerpt(first: str, last: str) -> None:
+    """Print the kernel's lines from the first one containing `first` to the next one containing `last`."""
+    i = next(n for n, line in enumerate(KERNEL_LINES) if first in line)
+    j = next(n for n in range(i, len(KERNEL_LINES)) if last in KERNEL_LINES[n])
+    print(textwrap.dedent("\n".join(KERNEL_LINES[i : j + 1])))
+
+
+print("running in Triton's interpreter:", TG.interpreted())
+excerpt("@triton.jit", '"""y[m, n]')
+
+# %% [markdown]
+# **The arguments.** Pointers to the activations `x` $(M, K)$, the packed
+# weights $(N, \lceil K/4 \rceil)$ (`KB` bytes per row), the output, and the
+# scales; the sizes; the **strides** (how many elements apart two rows are);
+# and `tl.constexpr` parameters, fixed at compile time: the tile sizes, and
+# switches (`INT_ACC`, `ADD_ONLY`, `RESCALE`) for which Triton compiles a
+# separate kernel each, with the unused branches removed.
+#
+# **Which tile is mine?** Program $(p_0, p_1)$ owns `BLOCK_N` output rows and
+# `BLOCK_M` tokens. `tl.arange(0, BLOCK_N)` is the vector $0, 1, \dots$, so
+# `offs_n` holds the row numbers of the tile. Near the edge some of them are
+# past $N$: `n_ok` remembers which are real. The accumulator `acc` has one
+# entry per token, row and byte of a step, so that each thread adds into its
+# own registers.
+
+# %%
+excerpt("offs_m =", "acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KB), dtype=tl.float32)")
+
+# %% [markdown]
+# **The loop over $K$.** Each step loads a tile of packed bytes,
+# $(\text{BLOCK\_N}, \text{BLOCK\_KB})$, contiguous along each row, and the
+# $4\,\text{BLOCK\_KB}$ activations they multiply. The pointer arithmetic
+# `w_ptr + offs_n[:, None] * stride_wn + b[None, :]` broadcasts a column of
+# row starts against a row of byte numbers: a whole 2-D tile of addresses.
+# The **mask** switches off the loads past the edge of the matrix (rows past
+# $N$, bytes past `KB`, inputs past $K$, tokens past $M$), and `other` says
+# what they read instead: `0b01010101`, four codes `0b01`, four zero weights;
+# and activation 0. Either way they add nothing, so $K$ need not be a multiple
+# of 4 or of the tile.
+
+# %%
+excerpt("for b0 in range", "x = x.to(tl.float32)")
+
+# %% [markdown]
+# **Four planes.** Byte $i$ holds weights $4i, \dots, 4i + 3$. The loaded
+# activations have shape $(\text{BLOCK\_M}, \text{BLOCK\_KB}, 4)$; `tl.split`
+# takes the last axis apart into 4 **planes**, plane $j$ holding the inputs
+# $4i + j$: exactly the partners of bit pair $j$ of every byte of the tile.
+# (`tl.split` only splits an axis of size 2, hence the reshape to $(2, 2)$
+# and two rounds.)
+
+# %%
+excerpt("# (BLOCK_M, BLOCK_KB, 4) -> 4 planes", "x1, x3 = tl.split(x_odd)")
+
+# %% [markdown]
+# **Decode and add.** For each plane (`tl.static_range` unrolls the loop at
+# compile time), a shift and a mask give the codes of the whole tile; then
+# the add-only select of lesson 12: $+x$ where the code is `0b10`, $-x$ where
+# it is `0b00`, $0$ otherwise. `ADD_ONLY=False` compiles the other form,
+# `(code - 1) * x`, a multiplication, so the two can be timed against each other.
+
+# %%
+excerpt("for j in tl.static_range(4)", "acc += (code.to(acc.dtype) - 1) * xj")
+
+# %% [markdown]
+# **Finish.** After the loop, one sum over the byte axis per output; then
+# the **one rescale per output**, $y / (s_x s_w)$ (lesson 9), fused into the
+# kernel so the integer sums never go to memory; and a masked store of the
+# tile, which leaves the memory past $M$ and $N$ alone.
+
+# %%
+excerpt("y = tl.sum(acc, axis=2)", "tl.store(")
+
+# %% [markdown]
+# The launcher `ternary_matmul` checks its inputs and chooses the grid: one
+# program per `BLOCK_N` rows and per 16 tokens,
+# `grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))`
+# (`cdiv` rounds up, so a last, partly empty tile covers the edge). Then
+# `ternary_gemv_kernel[grid](...)` launches them all.
+#
+# ## 3. Your kernel: unpack 2-bit weights
+#
+# The smallest useful kernel on this format: turn packed bytes back into int8
+# weights, as `babybitnet.packing.unpack_2bit` does with torch operations.
+# Program $(p_0, p_1)$ takes a tile of `BLOCK_N` rows $\times$ `BLOCK_KB`
+# bytes and writes its $4 \cdot \text{BLOCK\_KB}$ weights per row:
+#
+# $$\text{out}[r, 4i + j] = \big((\text{packed}[r, i] \gg 2j) \mathbin{\&} 3\big) - 1 .$$
+#
+# With both tensors' rows contiguous, element $[r, c]$ of a tensor with $C$
+# columns sits at `ptr + r * C + c`. Hints:
+#
+# - the row numbers of the tile are `tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)`,
+#   the byte numbers likewise with axis 1 and `BLOCK_KB`; a mask
+#   `(rows < N)[:, None] & (b < KB)[None, :]` says which are real;
+# - `tl.load(ptrs, mask=...)` of a 2-D tile of addresses gives the bytes; shift
+#   and mask them (uint8), convert with `.to(tl.int8)` *before* subtracting 1
+#   (a uint8 has no $-1$);
+# - either a `for j in tl.static_range(4):` loop with one `tl.store` per
+#   plane $j$ at columns `4 * b + j`, or one store of a 3-D tile
+#   $(\text{BLOCK\_N}, \text{BLOCK\_KB}, 4)$, broadcasting
+#   `2 * tl.arange(0, 4)` as the shifts;
+# - mask the store the same way: programs at the edge must not write past the tensor.
+#
+# Then the launcher: allocate the output on the input's device, compute the
+# grid, launch. Inside a `@triton.jit` function only Triton's subset of
+# Python works (no `print`, no `raise`, no torch), and the block sizes must be
+# powers of 2.
+
+
+# %% tags=["exercise"]
+@triton.jit
+def unpack_2bit_kernel(packed_ptr, out_ptr, N, KB, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """Exercise 13.1: decode one (BLOCK_N rows, BLOCK_KB bytes) tile of 2-bit packed weights to int8.
+
+    packed_ptr: uint8 (N, KB), rows contiguous. out_ptr: int8 (N, 4 * KB), rows contiguous.
+    Program (p0, p1) handles rows p0 * BLOCK_N + 0..BLOCK_N-1 and bytes p1 * BLOCK_KB + 0..BLOCK_KB-1.
+    Weight 4 * i + j of a row is ((byte i >> 2 * j) & 0b11) - 1. Mask rows >= N and bytes >= KB.
+    """
+    ### BEGIN SOLUTION
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.program_id(1) * BLOCK_KB + tl.arange(0, BLOCK_KB)
+    ok = (rows < N)[:, None] & (b < KB)[None, :]  # (BLOCK_N, BLOCK_KB): which bytes are real
+    byte = tl.load(packed_ptr + rows[:, None] * KB + b[None, :], mask=ok, other=0)
+    j = tl.arange(0, 4)[None, None, :]  # the 4 bit pairs of every byte
+    w = ((byte[:, :, None] >> (2 * j)) & 0b11).to(tl.int8) - 1  # (BLOCK_N, BLOCK_KB, 4)
+    cols = 4 * b[None, :, None] + j  # weight 4i + j of the row
+    tl.store(out_ptr + rows[:, None, None] * (4 * KB) + cols, w, mask=ok[:, :, None])
+    ### END SOLUTION
+
+
+def unpack_2bit_triton(packed: torch.Tensor, block_n: int = 4, block_kb: int = 8) -> torch.Tensor:
+    """Exercise 13.1: launch unpack_2bit_kernel: uint8 (N, KB) -> int8 (N, 4 * KB), values in {-1, 0, 1}.
+
+    One program per tile of block_n rows x block_kb bytes (powers of 2): a grid of
+    (ceil(N / block_n), ceil(KB / block_kb)) programs. The output is on packed's device, and
+    equals babybitnet.packing.unpack_2bit(packed, 4 * KB) (the padding weights are kept).
+    """
+    ### BEGIN SOLUTION
+    n, kb = packed.shape
+    out = torch.empty(n, 4 * kb, dtype=torch.int8, device=packed.device)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(kb, block_kb))
+    unpack_2bit_kernel[grid](packed.contiguous(), out, n, kb, BLOCK_N=block_n, BLOCK_KB=block_kb)
+    return out
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Yours against `unpack_2bit`, on a shape that is no multiple of the tile
+# (7 rows, 37 weights per row: 10 bytes, the last one half padding):
+
+# %%
+from babybitnet.packing import pack_2bit, unpack_2bit
+
+torch.manual_seed(0)
+w_t = torch.randint(-1, 2, (7, 37), dtype=torch.int8)
+packed = pack_2bit(w_t).to(DEVICE)
+mine = unpack_2bit_triton(packed)
+print("packed:", packed.dtype, tuple(packed.shape), "-> unpacked:", mine.dtype, tuple(mine.shape))
+print("equals unpack_2bit(packed, 4 * KB):", torch.equal(mine.cpu(), unpack_2bit(packed.cpu(), 4 * packed.shape[1])))
+print("first 37 columns are w_t:", torch.equal(mine[:, :37].cpu(), w_t), "; padding:", mine[0, 37:].tolist())
+grid = (triton.cdiv(7, 4), triton.cdiv(packed.shape[1], 8))
+print(f"grid {grid}: {grid[0] * grid[1]} programs for tiles of 4 rows x 8 bytes")
+
+# %% [markdown]
+# A picture of the tiling: each program's tile of bytes in its own colour
+# (the grid covers a little more than the matrix; the masks switch off what is
+# outside), and the weights that came out.
+
+# %%
+from matplotlib.patches import Rectangle
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [1, 2]})
+owner = torch.zeros(grid[0] * 4, grid[1] * 8)  # the bytes the grid's tiles cover, by program
+for p0 in range(grid[0]):
+    for p1 in range(grid[1]):
+        owner[p0 * 4 : (p0 + 1) * 4, p1 * 8 : (p1 + 1) * 8] = p0 * grid[1] + p1
+ax1.imshow(owner.numpy(), cmap="Pastel1", vmin=0, vmax=8)
+ax1.add_patch(Rectangle((-0.5, -0.5), packed.shape[1], 7, fill=False, edgecolor="black", linewidth=2))
+ax1.set_title(f"{grid[0] * grid[1]} tiles of 4 x 8 bytes;\nblack: the {tuple(packed.shape)} bytes, masked outside")
+ax1.set(xlabel="byte", ylabel="row")
+ax2.imshow(mine.cpu().numpy(), cmap="coolwarm", vmin=-1, vmax=1)
+ax2.axvline(36.5, color="black", linewidth=1)
+ax2.set_title("unpacked: -1 blue, 0 white, +1 red; right of the line: padding")
+ax2.set(xlabel="weight", ylabel="row")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. Running the package's kernel
+#
+# `TG.ternary_matmul(x_q, packed, k)` launches `ternary_gemv_kernel` on int8
+# activations and returns the int32 sums, which must equal the product
+# computed in int64, where nothing can round or overflow. A few small shapes
+# with $K$ off every multiple, and small tiles (`config` = BLOCK_N, BLOCK_K,
+# warps) so that there are several programs and several steps along $K$:
+
+# %%
+import time
+
+from babybitnet.quant import quantize_activations, ternarize
+
+gen = torch.Generator().manual_seed(1)
+for m, n, k, config in [(1, 24, 300, (4, 64, 2)), (3, 40, 301, (8, 128, 4)), (2, 17, 1001, None)]:
+    x_q = quantize_activations(torch.randn(m, k, generator=gen))[0].to(torch.int8)
+    w_t = ternarize(torch.randn(n, k, generator=gen))[0].to(torch.int8)
+    t0 = time.perf_counter()
+    y = TG.ternary_matmul(x_q.to(DEVICE), pack_2bit(w_t).to(DEVICE), k, config=config)
+    seconds = time.perf_counter() - t0
+    same = torch.equal(y.cpu().long(), x_q.long() @ w_t.long().T)
+    print(f"M={m} N={n:>2} K={k:>4} config={config}: {y.dtype} {tuple(y.shape)}, == int64 product: {same}", end="")
+    print(f"  ({seconds * 1e3:.0f} ms)")
+
+# %% [markdown]
+# Exact, to the last bit. And the whole layer, `TG.triton_packed_linear`
+# (quantize the activations, the kernel, the fused rescale), against lesson
+# 9's `int_linear`, which computes the same with a float matmul:
+
+# %%
+from babybitnet.bitlinear import int_linear
+
+x = torch.randn(2, 95, generator=gen)
+w_t, s_w = ternarize(torch.randn(24, 95, generator=gen))
+w_t = w_t.to(torch.int8)
+y = TG.triton_packed_linear(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.reshape(1).to(DEVICE), 95).cpu()
+print("triton_packed_linear vs int_linear, largest difference:", f"{(y - int_linear(x, w_t, s_w)).abs().max():.2e}")
+
+# %% [markdown]
+# Without a GPU those milliseconds are the **interpreter's**: it runs the
+# kernel as Python (with numpy for the tile operations), one program after
+# the other, so it is only good for checking that a kernel is right, never
+# for timing it. On a GPU the same calls take microseconds. Timing needs the
+# real thing.
+#
+# ## 5. How fast is it on an H100?
+#
+# `python -m babybitnet bench kernel` times $y = x W^\top$ at batch 1 on one
+# H100: torch's bf16 and fp16 matmuls against four Triton contenders, each
+# with the fastest of a few tile configurations. Weights are cycled through
+# more copies than the L2 cache holds, so they come from memory as in a real
+# model; CUDA graphs keep launch overheads out. The result ships with the
+# package:
+
+# %%
+from babybitnet.compare import measured
+
+bench = measured("bench_kernel")
+print(f"`{bench['command']}`\n")
+print(TG.kernel_table(bench))
+print()
+for name, what in bench["variants"].items():
+    print(f"{name:24} {what}")
+
+# %%
+rows = bench["rows"]
+names = [name for name in rows[0]["us"] if name != "torch bf16"]
+fig, (ax, ax_bw) = plt.subplots(1, 2, figsize=(12, 3.8))
+width = 0.8 / len(names)
+for i, name in enumerate(names):
+    xs = [r + (i - (len(names) - 1) / 2) * width for r in range(len(rows))]
+    ax.bar(xs, [row["speedup_vs_bf16"][name] for row in rows], width, label=name, color=f"C{i}")
+ax.axhline(1, color="black", linewidth=0.8)
+ax.axhline(8, color="gray", linestyle="--", linewidth=0.8)
+ax.text(-0.4, 7.7, "8x: the bytes-per-weight limit (2 bits vs bf16)", color="gray", va="top", fontsize=8)
+ax.set_xticks(range(len(rows)), [f"{row['n']} x {row['k']}" for row in rows])
+ax.set(ylabel="speed vs torch bf16 (> 1: faster)", title="Batch 1 on one H100", ylim=(0, 8.5))
+ax.grid(alpha=0.3, axis="y")
+ax.legend(fontsize=7)
+for name, color in [("torch bf16", "gray"), ("triton int8 add-only", "C1"), ("triton int8 (code-1)*x", "C2")]:
+    ax_bw.plot(range(len(rows)), [row["gb_per_s"][name] for row in rows], "o-", color=color, label=name)
+ax_bw.axhline(HBM_BYTES_PER_S / 1e9, color="black", linestyle="--", linewidth=0.8, label="HBM3 peak, 3.35 TB/s")
+ax_bw.set_xticks(range(len(rows)), [f"{row['n']} x {row['k']}" for row in rows])
+ax_bw.set(ylabel="weight bytes read per second (GB/s)", title="How close to the memory's speed?", ylim=(0, 3600))
+ax_bw.grid(alpha=0.3)
+ax_bw.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+for label in ("triton int8 add-only", "triton int8 (code-1)*x", "triton_packed_linear"):
+    speed = [row["speedup_vs_bf16"][label] for row in rows]
+    gbs = [row["gb_per_s"][label] for row in rows]
+    print(f"{label:24} {min(speed):.2f}x to {max(speed):.2f}x bf16's speed, {min(gbs):,.0f} to {max(gbs):,.0f} GB/s")
+bf16_gbs = [row["gb_per_s"]["torch bf16"] for row in rows]
+print(f"{'torch bf16':24} reads its weights at {min(bf16_gbs):,.0f} to {max(bf16_gbs):,.0f} GB/s")
+
+# %% [markdown]
+# How to read it:
+#
+# - **The kernels are faster than bf16, but far from 8x.** The add-only
+#   form gains at most about 1.4x, the `(code - 1) * x` form about 2x (the
+#   ranges are printed above). The right-hand plot says why: torch's bf16
+#   GEMV reads its weights at a good part of the memory's peak, while the
+#   packed kernels read theirs at a small fraction of it. They are not
+#   waiting for memory any more.
+# - **They are compute-bound, by the decoding.** Per weight, the kernel
+#   shifts, masks, compares and selects (or subtracts 1 and multiplies),
+#   converts, and adds: several instructions where bf16 needs one fused
+#   multiply-add. A 2-bit weight costs 8 times fewer bytes but more
+#   instructions, and at 0.25 bytes per weight the instructions, not the bytes,
+#   set the time.
+# - **"Add-only" is slower than multiplying, on a GPU.** In the source the
+#   add-only form takes two comparisons and two selects per weight, the other
+#   one subtraction and one multiply-add, which a GPU does in a single
+#   instruction. The measurement fits that count (what really runs is the
+#   compiled machine code, the SASS, not the Triton source). A GPU has its
+#   multipliers anyway: what ternary weights save there is memory traffic,
+#   not multiplications.
+# - **The whole layer is slower than bf16.** `triton_packed_linear` first
+#   quantizes the activations with a few separate torch kernels (absmax,
+#   scale, round, clamp), each a launch and a round trip through memory. At
+#   batch 1 those cost more than the GEMV saves.
+#
+# What would go further (next steps, not measured here):
+#
+# - **Fewer instructions per weight.** The BitNet team's hand-written GPU
+#   kernel for 2-bit weights and int8 activations (W2A8) reports 1.27x to
+#   3.63x the speed of bf16 on an A100 (e.g. at 20,480 x 3,200: 30.99 µs
+#   against 112.39 µs). Decoding with look-up tables (lesson 12's trick) or
+#   with bit tricks that decode several weights per instruction attacks the
+#   same bottleneck.
+# - **Fuse the activation quantizer** into the kernel (or into the layer
+#   before it), so the layer is one launch.
+#
+# ## 6. babyBitNet at nanoGPT's size, on one H100
+#
+# The models of this course so far were the seed project's size, trained on
+# a CPU. nanoGPT's `train_shakespeare_char` configuration is the standard
+# character-level benchmark on the same text: 6 layers of 6 heads, width
+# 384, context 256, batch 64, dropout 0.2, a cosine learning rate from 1e-3
+# to 1e-4 over 5,000 steps. The `nanogpt` preset copies it for both models
+# (babyBitNet with the RMSNorm inside BitLinear on), one seed, and trains in
+# bf16 autocast with `torch.compile`:
+
+# %%
+from babybitnet.bench import describe
+from babybitnet.compare import NAMES, markdown_table
+
+nano = measured("compare_nanogpt")
+print(f"`{nano['command']}` on {describe(nano['machine'])}\n")
+print(markdown_table(nano))
+for key, r in nano["models"].items():
+    print(
+        f"{NAMES[key]:10} {r['params']:,} parameters, {r['seconds']:.0f} s in all including compilation "
+        f"({r['train_seconds']:.0f} s of training steps); best val {r['best_val']:.4f} at step {r['best_step']}, "
+        f"final val {r['final_val']:.4f}, final train {r['final_train']:.4f} "
+        f"(a gap of {r['final_val'] - r['final_train']:.2f})"
+    )
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 4))
+for j, (key, r) in enumerate(nano["models"].items()):
+    h = r["history"]
+    ax.plot(h["step"], h["val"], "o-", markersize=3, color=f"C{j}", label=f"{NAMES[key]} val")
+    ax.plot(h["step"], h["train"], "--", color=f"C{j}", alpha=0.6, label=f"{NAMES[key]} train")
+    ax.plot(r["best_step"], r["best_val"], "*", markersize=12, color=f"C{j}")
+ax.set(xlabel="step", ylabel="loss (nats per character)", ylim=(0.6, 2.6))
+ax.set_title("nanoGPT's Shakespeare configuration, one H100 (stars: best val)")
+ax.grid(alpha=0.3)
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The story of the two curves:
+#
+# - **babyGPT learns fast, then overfits.** Its val loss bottoms out near
+#   1.47 at step 1,750 (nanoGPT's own run reports a best of 1.4697), then
+#   climbs while its train loss keeps falling: 10.8 million parameters start
+#   to memorize a 1 MB text.
+# - **babyBitNet learns more slowly and does not overfit** within 5,000
+#   steps: its val loss falls until the last thousand steps and stays there,
+#   and the gap to its train loss grows far more slowly. Its best val loss
+#   ends up where babyGPT's was. Ternary weights plausibly act as a
+#   **regularizer**: a latent weight has to cross a rounding threshold
+#   before the model changes at all, so the model cannot fit every detail of
+#   the training text.
+# - **Same cost.** The ternary model is trained in full precision with the
+#   straight-through estimator (lesson 8), so a step costs about the same
+#   (the ms per step above); each run took under two minutes on one H100,
+#   `torch.compile` included.
+#
+# One seed, and nanoGPT's learning rate for both: babyBitNet is not tuned
+# here. Lesson 10's recipe (a higher peak, two stages) is where to start.
+#
+# ## What we have
+#
+# - A GEMV at batch 1 is **memory-bound**: its best time is the weight bytes
+#   over the bandwidth, so 2-bit weights allow up to 8x over bf16.
+# - A **Triton kernel** is what one program does to one tile: program ids,
+#   tiles of addresses, masks at the edges, tile-wide loads, arithmetic and
+#   stores; the launcher picks the grid.
+# - Your **unpack kernel**, and the package's **ternary GEMV**, decode the
+#   codes with shifts and masks, select and add, rescale once per output:
+#   exact int32 sums, checked in the interpreter without a GPU.
+# - On an H100 the packed kernel is about 1.3x to 2x bf16, **compute-bound by
+#   the decoding**; the full layer is slower until the activation quantizer is
+#   fused.
+# - At nanoGPT's size babyBitNet reaches babyGPT's best val loss and does not
+#   overfit.
+#
+# The reference is `babybitnet/triton_gemv.py`.
+# Check your exercise with:
+#
+# ```
+# python -m babybitnet check 13
+# ```
