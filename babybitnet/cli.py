@@ -23,6 +23,14 @@ from babybitnet.presets import MODELS, PRESETS
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+def write_json(path: str, results: object) -> None:
+    """Write ``results`` as JSON to ``path`` (folders made as needed) and say so; ``''`` writes nothing."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2))
+        print(f"wrote {path}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from babybitnet.bench import describe
     from babybitnet.compare import compare, markdown_table
@@ -102,10 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"babyBitNet / babyGPT            = {r['ratio_bitnet_over_gpt']:.2f}x")
     print(f"babyBitNet / seed-style babyGPT = {r['ratio_bitnet_over_seed_gpt']:.2f}x")
     print(f"(median of {args.repeats} interleaved rounds of {args.steps} steps)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(r, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, r)
     return 0
 
 
@@ -142,10 +147,7 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
     reports = [memory_report(p) for p in args.presets]
     print(memory_table(reports))
     print("(bytes: real file sizes; fp32/fp16: torch.save of the state dict; 2bit/base3: save_packed)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(reports, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, reports)
     return 0
 
 
@@ -157,10 +159,7 @@ def cmd_bench_matmul(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     results = bench_matmul(args.sizes, args.batches, args.repeats, threads)
     print(matmul_table(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 
@@ -176,10 +175,7 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # no CUDA GPU: one line, not a traceback
         raise ValueError(str(e)) from None
     print(kernel_table(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 
