@@ -18,6 +18,9 @@
   block 256, batch 64, dropout 0.2, cosine LR 1e-3 -> 1e-4 with 100 warmup
   steps, beta2 0.99, weight decay 0.1 on matrices, gradient clipping 1.0).
   Meant for a GPU.
+* ``nanogpt_recipe``: nanoGPT's size, data and budget with the ``recipe``'s
+  schedule and squared ReLU (peaks 1e-3 babyGPT, 3e-3 babyBitNet, as at the
+  seed's size; not tuned at this size), no norm inside BitLinear. For a GPU.
 """
 
 from __future__ import annotations
@@ -83,6 +86,27 @@ PRESETS: dict[str, dict] = {
         ),
         "gpt": {},
         "bitnet": {"model": dict(bitlinear_norm=True)},
+    },
+    "nanogpt_recipe": {
+        "model": dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False, activation="relu2"),
+        "train": dict(
+            batch_size=64,
+            max_iters=5000,
+            eval_interval=250,
+            eval_iters=200,
+            schedule="two_stage",
+            warmup_iters=100,
+            lr=1e-3,
+            lr_stage2=5e-4,
+            min_lr=1e-4,
+            weight_decay=0.1,
+            weight_decay_stage2=0.0,
+            decay_all=False,
+            beta2=0.95,
+            grad_clip=1.0,
+        ),
+        "gpt": {},
+        "bitnet": {"train": dict(lr=3e-3, lr_stage2=1.5e-3)},
     },
 }
 
