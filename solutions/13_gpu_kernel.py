@@ -359,8 +359,8 @@ print("triton_packed_linear vs int_linear, largest difference:", f"{(y - int_lin
 #
 # ## 5. How fast is it on an H100?
 #
-# `python -m babybitnet bench kernel` times $y = x W^\top$ at batch 1 on one
-# H100: torch's bf16 and fp16 matmuls against four Triton contenders, each
+# `python -m babybitnet bench kernel --sizes 2560x2560 4096x4096 8192x8192 13824x2560 --batches 1`
+# times $y = x W^\top$ at batch 1 on one H100: torch's bf16 and fp16 matmuls against four Triton contenders, each
 # with the fastest of a few tile configurations. Weights are cycled through
 # more copies than the L2 cache holds, so they come from memory as in a real
 # model; CUDA graphs keep launch overheads out. The result ships with the
