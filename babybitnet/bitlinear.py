@@ -16,6 +16,12 @@ low-bit kernel would, with integers and one rescale at the end::
 integer and every sum is exact (we keep them in float32, which holds integers
 up to 2^24 exactly: 127 * in_features stays far below that).
 
+Quantization strength ``lam`` (in [0, 1], default 1): ``lam=1`` is BitNet as above; below 1
+the training forward blends full precision into the quantized values,
+``x' = x + lam * (x_q - x)`` and ``W' = W + lam * (W_q - W)`` (the STE still passes the
+gradients straight through), so ``lam=0`` is a plain ``F.linear(x, W)``. Ramping ``lam`` from 0
+to 1 turns a trained full-precision layer into a ternary one gradually (``babybitnet.finetune``).
+
 Option ``norm=True`` puts an RMSNorm on the input before quantization, as the
 official training-tips FAQ does (the block's own pre-norm is then removed).
 The seed project had no norm inside.
@@ -96,6 +102,8 @@ class BitLinear(nn.Module):
         weight_groups: number of equal blocks of output rows with their own
             weight scale; 1 is the paper's per-tensor scale.
         act_bits: bits of the activation quantizer (8 in BitNet b1.58).
+
+    Attribute ``lam`` (float in [0, 1], default 1.0): the quantization strength, see the module docstring.
     """
 
     def __init__(
@@ -116,6 +124,18 @@ class BitLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.norm = nn.RMSNorm(in_features) if norm else None
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's default init
+        self.lam = 1.0
+
+    @property
+    def lam(self) -> float:
+        """Quantization strength in [0, 1]: 1 is BitNet, 0 a full-precision linear layer without bias."""
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"BitLinear quantization strength lam must be a number in [0, 1], got {value!r}")
+        self._lam = float(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -125,7 +145,13 @@ class BitLinear(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
-        if self.training or torch.is_grad_enabled():
+        if self.lam < 1.0:
+            # gradual quantization: blend full precision into the quantized values, so a trained fp layer
+            # is not switched to ternary at once; the detached difference keeps the STE's gradients
+            x = x + self.lam * (activation_quant(x.detach(), self.act_bits) - x.detach())
+            w = self.weight + self.lam * (weight_quant(self.weight.detach(), self.weight_groups) - self.weight.detach())
+            y = F.linear(x, w)
+        elif self.training or torch.is_grad_enabled():
             # differentiable path (the integer path below has no STE, so its gradients would be wrong)
             y = BitLinearFunction.apply(x, self.weight, self.weight_groups, self.act_bits)
         else:
@@ -143,4 +169,12 @@ class BitLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"norm={self.norm is not None}, weight_groups={self.weight_groups}, act_bits={self.act_bits}"
-        )
+        ) + ("" if self.lam == 1.0 else f", lam={self.lam:g}")
+
+
+def set_quant_strength(model: nn.Module, lam: float) -> int:
+    """Set the quantization strength ``lam`` of every BitLinear inside ``model``; return how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    for m in layers:
+        m.lam = lam  # the setter checks lam is in [0, 1]
+    return len(layers)

@@ -9,6 +9,7 @@ check     grade your exercises of a lesson (``check 3``)
 lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only compares)
 ablate    train every variant of a study over several seeds and report mean +- std
 ladder    train the rungs from a bigram to babyGPT under the same settings
+finetune  babyGPT -> babyBitNet with gradual quantization, against the abrupt switch and from scratch
 """
 
 from __future__ import annotations
@@ -213,6 +214,28 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from babybitnet.bench import describe
+    from babybitnet.finetune import compare_finetune, markdown_table
+
+    r = compare_finetune(
+        args.s1,
+        args.s2,
+        args.warmup,
+        args.device,
+        args.seed,
+        args.out,
+        args.text,
+        progress=not args.quiet,
+        eval_iters=args.eval_iters,
+        jobs=args.jobs,
+    )
+    print(f"\nfine-tune on {describe(r['machine'])}\n")
+    print(markdown_table(r))
+    print(f"wrote {Path(args.out) / 'results.json'}, table.md and val_loss.png")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from babybitnet.course import CourseError, check_lesson
 
@@ -371,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="runs/ladder", help="folder for ladder.json")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_ladder)
+
+    sp = sub.add_parser(
+        "finetune",
+        help="babyGPT -> babyBitNet: gradual quantization vs the abrupt switch vs from scratch",
+        description="Train babyGPT (recipe preset, bias=False) for S1 steps, convert it to babyBitNet and "
+        "fine-tune S2 steps with the quantization strength ramped over --warmup steps (and, to compare, "
+        "switched on at once), against babyBitNet trained from scratch for S1 + S2 steps.",
+        formatter_class=fmt,
+    )
+    sp.add_argument("--s1", type=int, default=2500, help="babyGPT (full-precision) steps")
+    sp.add_argument("--s2", type=int, default=2500, help="fine-tuning steps after the conversion")
+    sp.add_argument("--warmup", type=int, default=1000, help="steps over which lambda goes from 0 to 1")
+    sp.add_argument("--device", choices=DEVICES, default="auto", help="where to train; auto picks cuda, mps, cpu")
+    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 1337)")
+    sp.add_argument("--eval-iters", type=int, default=None, help="batches per split per loss estimate (default 200)")
+    sp.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: train from scratch in a second process")
+    sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+    sp.add_argument("--out", default="runs/finetune", help="folder for results.json, table.md, val_loss.png")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_finetune)
     return p
 
 

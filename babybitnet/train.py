@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -150,12 +151,15 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``model`` in place; return a JSON-ready summary with the eval history.
 
     Evaluates at step 0, every ``eval_interval`` steps, and after the last
     step. ``seconds`` is the wall time of the whole run; ``train_seconds`` and
     ``ms_per_step`` count only the optimisation steps, not the evaluations.
+    ``on_step(step)``, if given, is called before optimizer step ``step`` (0-based) and before the
+    evaluation after ``step`` steps, so it can change the model as training goes (``babybitnet.finetune``).
     """
     device = torch.device(device)
     block_size = model.config.block_size
@@ -170,6 +174,8 @@ def train(
     history: dict[str, list] = {"step": [], "train": [], "val": [], "lr": []}
 
     def evaluate(step: int) -> None:
+        if on_step is not None:
+            on_step(step)
         for split, data in (("train", train_data), ("val", val_data)):
             with amp:
                 loss = estimate_loss(forward, data, cfg.batch_size, cfg.eval_iters, block_size, g_eval, device)
@@ -183,6 +189,8 @@ def train(
     bar = tqdm(range(cfg.max_iters), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
+        if on_step is not None:
+            on_step(step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
             group["weight_decay"] = weight_decay_at(step, cfg) if group["decay"] else 0.0
