@@ -56,12 +56,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from babybitnet import distributed
     from babybitnet.checkpoint import save_checkpoint
     from babybitnet.data import load_dataset
     from babybitnet.presets import build_model
     from babybitnet.train import resolve_device, train
 
-    dev = resolve_device(args.device)
+    dev = distributed.init(resolve_device(args.device))  # under torchrun: join the others, take a GPU each
     tok, train_data, val_data = load_dataset(args.text)
     model, tcfg = build_model(
         args.preset,
@@ -73,12 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         compile=args.compile,
     )
     r = train(model, train_data, val_data, tcfg, dev, progress=not args.quiet, desc=args.model)
+    if not distributed.is_main():  # every process holds the same model: rank 0 writes it
+        distributed.cleanup()
+        return 0
     meta = {"preset": args.preset, "train_config": tcfg.to_dict(), "device": str(dev), "torch": torch.__version__}
+    meta["processes"] = r["processes"]
     meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})
     path = save_checkpoint(args.out, model, tok, meta)
     Path(str(path) + ".json").write_text(json.dumps({**meta, "params": r["params"], "history": r["history"]}, indent=2))
     print(f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f})")
     print(f"wrote {path} and {path}.json")
+    distributed.cleanup()
     return 0
 
 

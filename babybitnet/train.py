@@ -21,9 +21,11 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from babybitnet.data import get_batch
+from babybitnet.distributed import rank_and_world
 
 SCHEDULES = ("constant", "cosine", "two_stage")
 DTYPES = ("float32", "bfloat16")
@@ -165,11 +167,20 @@ def train(
     block_size = model.config.block_size
     model.to(device).train()
     opt = make_optimizer(model, cfg, device)
+    # Under torchrun (babybitnet.distributed) each of the N processes draws batch_size / N windows with
+    # its own generator and DDP averages the gradients: the same step as one process with the whole batch.
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
+    local_batch = cfg.batch_size // world
+    ids = [device.index] if device.type == "cuda" else None
+    wrapped = model if world == 1 else DistributedDataParallel(model, device_ids=ids)
+    progress = progress and rank == 0
     # bf16 autocast runs the matmuls in bfloat16 (the optimizer keeps float32 weights); compile fuses
     # the many small element-wise ops (BitLinear's quantizers) into a few kernels.
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
-    forward = torch.compile(model) if cfg.compile else model
-    g_train = torch.Generator().manual_seed(cfg.seed)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    g_train = torch.Generator().manual_seed(cfg.seed + rank)
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)
     history: dict[str, list] = {"step": [], "train": [], "val": [], "lr": []}
 
@@ -194,7 +205,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
             group["weight_decay"] = weight_decay_at(step, cfg) if group["decay"] else 0.0
-        x, y = get_batch(train_data, cfg.batch_size, block_size, g_train, device)
+        x, y = get_batch(train_data, local_batch, block_size, g_train, device)
         with amp:
             _, loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
@@ -213,6 +224,7 @@ def train(
     best = min(range(len(history["val"])), key=history["val"].__getitem__)
     return {
         "params": sum(p.numel() for p in model.parameters()),
+        "processes": world,
         "lr": cfg.lr,
         "iters": cfg.max_iters,
         "final_val": history["val"][-1],
