@@ -21,7 +21,6 @@ runs a whole study in one go.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -147,6 +146,7 @@ def ablate(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     from babybitnet.bench import machine_info
+    from babybitnet.compare import write_results
 
     variants = STUDIES[study]
     overrides = {"eval_interval": eval_interval}
@@ -154,8 +154,6 @@ def ablate(
         overrides["max_iters"] = iters
     tasks = [(v, 1337 + i) for v in variants for i in range(seeds)]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     results = {
         "study": study,
         "seeds": seeds,
@@ -172,8 +170,7 @@ def ablate(
         results["runs"].append(run)
         results["runs"].sort(key=lambda r: order[(r["variant"], r["model"], r["seed"])])
         results["summary"] = summarize(results["runs"], variants)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "table.md").write_text(markdown_table(results["summary"]))
+        write_results(out, results, markdown_table(results["summary"]))
         bar.update()
 
     bar = tqdm(total=len(tasks), desc=f"{study} ({jobs} jobs)", disable=not progress, dynamic_ncols=True)

@@ -34,6 +34,20 @@ def measured(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def run_record(r: dict, model: torch.nn.Module, cfg) -> dict:
+    """A training run's summary (from ``train``) with the model and training configs that made it."""
+    return {**r, "model_config": model.config.to_dict(), "train_config": cfg.to_dict()}
+
+
+def write_results(out: str | Path, results: dict, table: str) -> Path:
+    """Write ``results.json`` and ``table.md`` into the folder ``out`` (made if needed); return it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(table)
+    return out
+
+
 def markdown_table(results: dict) -> str:
     """The summary table of a ``compare`` run as markdown."""
     rows = [
@@ -101,10 +115,7 @@ def compare(
             preset, model_name, tok.vocab_size, max_iters=iters, seed=seed, dtype=dtype, compile=compile
         )
         r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
-        results["models"][model_name] = {**r, "model_config": model.config.to_dict(), "train_config": tcfg.to_dict()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results))
+        results["models"][model_name] = run_record(r, model, tcfg)
+    out = write_results(out, results, markdown_table(results))
     plot_curves(results, out / "loss_curves.png")
     return results

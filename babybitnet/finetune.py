@@ -25,13 +25,13 @@ weights adapt to it, until at ``lam = 1`` the model is a plain babyBitNet.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from babybitnet.bitlinear import BitLinear, set_quant_strength
+from babybitnet.compare import run_record, write_results
 from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.train import TrainConfig, estimate_loss, train
 
@@ -173,7 +173,7 @@ def _scratch_run(s: int, overrides: dict, text: str | None, device: str, progres
     tok, train_data, val_data = load_dataset(text)
     model, cfg = build_model("recipe", "bitnet", tok.vocab_size, {"bias": False}, max_iters=s, **overrides)
     r = train(model, train_data, val_data, cfg, device, progress=progress, desc="babyBitNet from scratch")
-    return {**r, "model_config": model.config.to_dict(), "train_config": cfg.to_dict()}
+    return run_record(r, model, cfg)
 
 
 def compare_finetune(
@@ -230,7 +230,7 @@ def compare_finetune(
     # (a) the full-precision model
     gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=s1, **overrides)
     r = train(gpt, train_data, val_data, gcfg, dev, progress=progress, desc="babyGPT")
-    results["models"]["gpt"] = {**r, "model_config": gpt.config.to_dict(), "train_config": gcfg.to_dict()}
+    results["models"]["gpt"] = run_record(r, gpt, gcfg)
 
     # the cost of conversion, all on the same validation windows
     _, fcfg = get_preset("recipe", "bitnet", tok.vocab_size, {"bias": False}, max_iters=s2, **overrides)
@@ -245,7 +245,7 @@ def compare_finetune(
     for key, w in (("gradual", warmup), ("abrupt", 0)):
         model = to_bitnet(gpt)
         r = finetune(model, train_data, val_data, fcfg, w, dev, progress=progress, desc=key)
-        results["models"][key] = {**r, "model_config": model.config.to_dict(), "train_config": fcfg.to_dict()}
+        results["models"][key] = run_record(r, model, fcfg)
 
     # (d) from scratch
     if pool is not None:
@@ -254,9 +254,6 @@ def compare_finetune(
     else:
         results["models"]["scratch"] = _scratch_run(s1 + s2, overrides, text, dev, progress)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results))
+    out = write_results(out, results, markdown_table(results))
     plot_finetune(results, out / "val_loss.png")
     return results
