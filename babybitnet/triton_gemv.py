@@ -340,7 +340,19 @@ VARIANTS = {  # bench_kernel's Triton contenders: label -> what it runs
     "triton int8 (code-1)*x": "the same with a multiplication by (code - 1) instead of the selections",
     "triton bf16 x, add-only": "ternary_matmul on bf16 activations (no quantization), float32 sums",
     "triton_packed_linear": "the layer: torch quantize_activations, then the int8 add-only kernel",
+    "triton dp4a int8": "triton_dp4a.dp4a_matmul: int32 words of 16 weights, 4 per dp4a instruction, rescale fused",
+    "triton dp4a layer": "triton_dp4a.dp4a_linear: the fused quantizer kernel, then the dp4a kernel (2 launches)",
 }
+DP4A = ("triton dp4a int8", "triton dp4a layer")  # the contenders whose configs are (BLOCK_N, BLOCK_W words, warps)
+
+
+def _configs(label: str, configs: tuple[Config, ...]) -> tuple[Config, ...]:
+    """The configs contender ``label`` tries: ``configs`` for this module's kernel, the dp4a kernel's own."""
+    if label in DP4A:
+        from babybitnet.triton_dp4a import CONFIGS as DP4A_CONFIGS
+
+        return DP4A_CONFIGS
+    return configs
 
 
 def _triton_call(
@@ -351,8 +363,17 @@ def _triton_call(
         return lambda: ternary_matmul(x, pk, k, config=cfg)
     if label == "triton_packed_linear":
         return lambda: triton_packed_linear(x, pk, s_w, k, cfg)
+    if label == "triton dp4a layer":
+        from babybitnet.triton_dp4a import dp4a_linear
+
+        return lambda: dp4a_linear(x, pk, s_w, k, cfg)
     x_i, s_x = quantize_activations(x.float())
     x_q, s_x, rows = x_i.to(torch.int8), s_x.reshape(-1), row_scales(s_w, pk.shape[0])
+    if label == "triton dp4a int8":
+        from babybitnet.triton_dp4a import dp4a_matmul, prepare_activations
+
+        words = prepare_activations(x_q)
+        return lambda: dp4a_matmul(words, pk, k, s_x, rows, torch.bfloat16, cfg)
     add_only = label == "triton int8 add-only"
     return lambda: ternary_matmul(x_q, pk, k, s_x, rows, torch.bfloat16, cfg, add_only)
 
@@ -366,9 +387,13 @@ def _check_contenders(x: torch.Tensor, w_t: torch.Tensor, packed: torch.Tensor, 
     for add_only in (True, False):
         if not torch.equal(ternary_matmul(x_q, packed, k, config=cfg, add_only=add_only).double(), exact):
             raise RuntimeError(f"the Triton kernel (add_only={add_only}) is wrong at N={n}, K={k}, M={x.shape[0]}")
+    from babybitnet.triton_dp4a import dp4a_matmul, prepare_activations
+
+    if not torch.equal(dp4a_matmul(prepare_activations(x_q), packed, k).double(), exact):
+        raise RuntimeError(f"the dp4a kernel is wrong at N={n}, K={k}, M={x.shape[0]}")
     scaled = exact / (s_x.double() * row_scales(s_w, n, torch.float64))
     ref = x.double() @ w64.T
-    outs = {label: (_triton_call(label, x, packed, k, s_w, cfg)(), scaled) for label in VARIANTS}
+    outs = {label: (_triton_call(label, x, packed, k, s_w, _configs(label, (cfg,))[0])(), scaled) for label in VARIANTS}
     outs["triton bf16 x, add-only"] = (outs["triton bf16 x, add-only"][0], ref)
     outs["torch bf16"] = (x @ w_t.to(torch.bfloat16).T, ref)
     outs["torch fp16"] = (x.half() @ w_t.half().T, ref)
@@ -422,10 +447,11 @@ def bench_kernel(
             best: dict[str, Config] = {}
             tuning: dict[str, dict[str, float]] = {}
             for label in VARIANTS:  # each Triton contender tries every config and keeps the fastest
-                fns = {str(c): [_triton_call(label, x, pk, k, s_w, c) for pk in packs] for c in configs}
+                tries = _configs(label, configs)
+                fns = {str(c): [_triton_call(label, x, pk, k, s_w, c) for pk in packs] for c in tries}
                 us = _graph_us(fns, dict.fromkeys(fns, loops["packed"]), max(5, repeats // 5))
                 tuning[label] = us
-                best[label] = configs[list(fns).index(min(us, key=us.get))]
+                best[label] = tries[list(fns).index(min(us, key=us.get))]
             xh = x.half()
             fns = {
                 "torch bf16": [functools.partial(torch.matmul, x, w.T) for w in dense[torch.bfloat16]],
@@ -470,7 +496,8 @@ def kernel_table(results: dict) -> str:
         f"{describe(results['machine'])}, triton {results['triton']}; median of {results['repeats']} "
         "CUDA-graph replays, weights cold (cycled through more than the L2 cache)",
         "",
-        "| N x K | M | kernel | config (BLOCK_N, BLOCK_K, warps) | µs | weight GB/s | speed vs bf16 |",
+        "| N x K | M | kernel | config (BLOCK_N, BLOCK_K inputs or BLOCK_W words, warps) | µs | weight GB/s "
+        "| speed vs bf16 |",
         "|---|---:|---|---|---:|---:|---:|",
     ]
     for row in results["rows"]:

@@ -1,0 +1,310 @@
+"""The fast ternary GEMV: four weights per instruction with ``dp4a``, and a fused activation quantizer.
+
+:mod:`babybitnet.triton_gemv` decodes every 2-bit weight on its own: a shift, a mask, a
+select and an add per weight. At batch 1 the H100 runs out of instructions before it runs
+out of memory bandwidth (the profile and the timings are in lesson 13), so that kernel
+stays far from the 8x that 2-bit weights allow. This kernel does the same sum with about
+one instruction per **four** weights, on the same packed bytes (the package's 2-bit format:
+byte ``i`` of a row holds inputs ``4i .. 4i+3`` at bit pairs 0..3, code = weight + 1).
+
+**The trick.** Read the packed row 4 bytes at a time, as one int32 *word* that holds 16
+weights (inputs ``16q .. 16q+15``). Shift the word right by ``2j`` and keep the low 2 bits
+of every byte (``& 0x03030303``): that is ONE shift and ONE and for four codes, one per byte::
+
+    (word >> 2j) & 0x03030303  ->  bytes  c[16q + j], c[16q + 4 + j], c[16q + 8 + j], c[16q + 12 + j]
+
+The GPU has an instruction that multiplies four byte pairs and adds them to a 32-bit sum:
+``dp4a(a, b, acc) = acc + a0*b0 + a1*b1 + a2*b2 + a3*b3``. Give it the four codes as ``a`` and
+the four matching int8 activations as ``b``, and four weights cost one instruction. The
+activations must sit in the same order, so they are stored as 4 *planes* of words
+(:func:`prepare_activations`): word ``q`` of plane ``j`` holds ``x[16q + j], x[16q + 4 + j], ...``.
+
+**Keeping memory busy.** A GEMV has almost no arithmetic left once decoding is cheap, so the
+time is memory latency: each step of the loop asks for its weights and waits about a
+microsecond for them. The kernel asks for the *next* step's weights before it works on the
+current ones (a prefetch, software pipelining by hand), so two steps of loads are in flight.
+
+**Codes, not weights.** The codes are ``w + 1`` in {0, 1, 2}, so ``dp4a`` sums ``(w + 1) * x``;
+``sum(w * x) = sum((w + 1) * x) - sum(x)``, and ``sum(x)`` is one more ``dp4a`` per word of
+activations with ``a = 0x01010101``, shared by every row of the block. The integer sums are
+exact, as in :mod:`babybitnet.triton_gemv`; one multiplication per output rescales them.
+
+Is it still "add-only"? ``dp4a`` is a multiply-accumulate instruction; with codes in {0, 1, 2}
+its multiplications are by 0, 1 or 2, which a chip could do with wiring alone. What matters on
+a GPU is that the weights are 8x smaller than bf16 and cost few instructions to decode.
+
+**The layer** (:func:`dp4a_linear`): :func:`quantize_words_kernel` turns float activations into
+the transposed int8 words and one scale per token (one program per token, two passes over
+the row), then the GEMV kernel rescales as it stores: two kernel launches, nothing in torch.
+
+In Triton's interpreter (``TRITON_INTERPRET=1``, for the CPU tests) there is no inline PTX, so
+:func:`dp4a` falls back to the same sum written with shifts and multiplications.
+K must be a multiple of 16 (whole words; every layer of the presets is);
+:func:`babybitnet.triton_gemv.ternary_matmul` handles any K.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from babybitnet.bitlinear import row_scales
+from babybitnet.quant import EPS
+from babybitnet.triton_gemv import Config, _check_config, _check_inputs, _require_triton, interpreted, triton
+
+if triton is not None:
+    import triton.language as tl
+
+MAX_BLOCK_M = 16  # tokens per program
+DEFAULT_CONFIG = (16, 128, 4)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
+CONFIGS = (
+    (2, 512, 2), (4, 256, 2), (4, 512, 4), (8, 128, 2), (8, 256, 4), (8, 512, 8),
+    (16, 64, 2), (16, 128, 4), (16, 256, 8), (32, 64, 4), (32, 128, 8),
+)  # fmt: skip
+
+if triton is not None:
+
+    @triton.jit
+    def dp4a(a, b, acc, USE_ASM: tl.constexpr):
+        """``acc + sum_i a_i * b_i`` over the 4 bytes of int32 words: ``a`` unsigned, ``b`` signed."""
+        if USE_ASM:  # one instruction on the GPU
+            out = tl.inline_asm_elementwise(
+                "dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, acc], dtype=tl.int32, is_pure=True, pack=1
+            )
+        else:  # the interpreter: byte i of a (0..255) times byte i of b, sign-extended by the shifts
+            out = acc
+            for i in tl.static_range(4):
+                out += ((a >> (8 * i)) & 0xFF) * ((b << (24 - 8 * i)) >> 24)
+        return out
+
+    @triton.jit
+    def round_to_int(v, USE_ASM: tl.constexpr):
+        """float32 -> int32, rounding half to even like torch.round."""
+        if USE_ASM:  # the GPU's own conversion; the float trick below can be optimized away there
+            out = tl.inline_asm_elementwise(
+                "cvt.rni.s32.f32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1
+            )
+        else:  # adding and taking away 1.5 * 2**23 rounds a float32 |v| < 2**22 to the nearest, ties to even
+            out = ((v + 12582912.0) - 12582912.0).to(tl.int32)
+        return out
+
+    @triton.jit
+    def ternary_gemv_dp4a_kernel(
+        xw_ptr,  # (M, 4 * KW) int32: the int8 activations as 4 planes of KW words (prepare_activations)
+        w_ptr,  # (N, KW) int32: the packed 2-bit weights read 16 at a time (KW = K / 16)
+        y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float
+        sx_ptr,  # (M,) float32 activation scales (read only if RESCALE)
+        sw_ptr,  # (N,) float32 weight scales, one per row (read only if RESCALE)
+        M,
+        N,
+        KW,
+        stride_xm,
+        stride_wn,
+        stride_ym,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_W: tl.constexpr,  # words (16 weights each) per row per step
+        USE_ASM: tl.constexpr,
+        RESCALE: tl.constexpr,
+        EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
+    ):
+        """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = offs_m < M, offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)  # sum of code * x, per thread
+        x_sum = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.int32)  # sum of x, to turn codes into weights
+        q = tl.arange(0, BLOCK_W)
+        w_rows = w_ptr + offs_n[:, None] * stride_wn
+        x_rows = xw_ptr + offs_m[:, None] * stride_xm
+        # prefetch: the next step's weights are requested before this step's arithmetic, so two
+        # steps of loads are in flight at once (the loop would otherwise wait for memory every step)
+        # Weights are read once: "evict_first" tells the caches not to keep them at the others' cost.
+        # EVEN (N and KW multiples of the blocks): no masks, and the last prefetch wraps round to word 0.
+        if EVEN:
+            nxt = tl.load(w_rows + q[None, :], eviction_policy="evict_first")
+        else:
+            nxt = tl.load(w_rows + q[None, :], mask=n_ok[:, None] & (q < KW)[None, :], other=0)
+        for q0 in range(0, KW, BLOCK_W):
+            words = nxt
+            q = q0 + tl.arange(0, BLOCK_W)
+            if EVEN:
+                q_next = (q0 + BLOCK_W) % KW + tl.arange(0, BLOCK_W)
+                nxt = tl.load(w_rows + q_next[None, :], eviction_policy="evict_first")
+            else:
+                q_next = q0 + BLOCK_W + tl.arange(0, BLOCK_W)
+                nxt = tl.load(w_rows + q_next[None, :], mask=n_ok[:, None] & (q_next < KW)[None, :], other=0)
+            for j in tl.static_range(4):
+                # plane j of the activations: the partners of bit pair j (missing inputs read as 0)
+                if EVEN:
+                    xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None], other=0)
+                else:
+                    xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None] & (q < KW)[None, :], other=0)
+                codes = (words >> (2 * j)) & 0x03030303  # 4 codes, one per byte: one shift, one and
+                acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
+                x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
+        if RESCALE:
+            s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
+            s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)
+            y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def quantize_words_kernel(
+        x_ptr,  # (M, K) float activations
+        xw_ptr,  # (M, K / 4) int32 out: the int8 values as words, transposed per 16
+        sx_ptr,  # (M,) float32 out: the scales 127 / max |x|
+        K,
+        stride_xm,
+        eps,
+        BLOCK_K: tl.constexpr,
+        BLOCK_W: tl.constexpr,
+        USE_ASM: tl.constexpr,
+    ):
+        """One token per program: s = 127 / max|x|, x_i = round(x * s), stored 4 int8 per int32 word."""
+        row = tl.program_id(0)
+        x_row = x_ptr + row * stride_xm
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):  # pass 1: the largest |x| of the row
+            k = k0 + tl.arange(0, BLOCK_K)
+            amax = tl.maximum(amax, tl.abs(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)))
+        # as torch computes 127 / t: an IEEE reciprocal, then the product (two roundings, bit for bit)
+        s = tl.math.div_rn(1.0, tl.maximum(tl.max(amax, axis=0), eps)) * 127.0
+        tl.store(sx_ptr + row, s)
+        b = tl.arange(0, 4)
+        for q0 in range(0, K // 16, BLOCK_W):  # pass 2: quantize, transpose each group of 16, pack
+            q = q0 + tl.arange(0, BLOCK_W)
+            # (BLOCK_W, 4 planes j, 4 bytes b): input 16q + 4b + j goes to byte b of word (q, j)
+            k = 16 * q[:, None, None] + 4 * b[None, None, :] + tl.arange(0, 4)[None, :, None]
+            v = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32) * s
+            byte = round_to_int(tl.minimum(tl.maximum(v, -127.0), 127.0), USE_ASM) & 0xFF
+            word = tl.sum(byte << (8 * b)[None, None, :], axis=2)  # the 4 bytes never overlap: sum = or
+            jq = tl.arange(0, 4)[None, :] * (K // 16) + q[:, None]  # word q of plane j
+            tl.store(xw_ptr + row * (K // 4) + jq, word, mask=(q < K // 16)[:, None])
+
+else:
+    dp4a = round_to_int = ternary_gemv_dp4a_kernel = quantize_words_kernel = None
+
+
+# ---------------------------------------------------------------- layouts
+def prepare_activations(x_q: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) -> int32 (M, K / 4): 4 planes of K / 16 words, each word 4 int8 activations.
+
+    Word ``q`` of plane ``j`` holds ``x[16q + j], x[16q + 4 + j], x[16q + 8 + j], x[16q + 12 + j]``
+    in bytes 0..3: the partners of the 4 codes that ``(packed_word_q >> 2j) & 0x03030303`` lines
+    up. Plane-major, so that the kernel reads each plane as one contiguous vector.
+    """
+    if x_q.dtype != torch.int8 or x_q.dim() != 2:
+        raise ValueError(f"x_q must be a 2-D int8 tensor (M, K), got {x_q.dtype} {tuple(x_q.shape)}")
+    m, k = x_q.shape
+    _check_k(k)
+    # (m, q, b, j) -> (m, j, q, b): plane j, word q, byte b = input 16q + 4b + j
+    planes = x_q.reshape(m, k // 16, 4, 4).permute(0, 3, 1, 2).contiguous()
+    return planes.view(torch.int32).reshape(m, k // 4)
+
+
+def _check_k(k: int) -> None:
+    if k % 16:
+        raise ValueError(
+            f"the dp4a kernel reads 16 weights per word, so K must be a multiple of 16, got K={k}; "
+            "babybitnet.triton_gemv.ternary_matmul handles any K"
+        )
+
+
+def _words(packed: torch.Tensor) -> torch.Tensor:
+    """The packed bytes (N, K / 4) seen as int32 words (N, K / 16): no copy."""
+    return packed.contiguous().view(torch.int32)
+
+
+# ---------------------------------------------------------------- launchers
+def dp4a_matmul(
+    x_words: torch.Tensor,
+    packed: torch.Tensor,
+    k: int,
+    s_x: torch.Tensor | None = None,
+    s_w_rows: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    config: Config | None = None,
+) -> torch.Tensor:
+    """``x @ W^T`` from prepared activation words (M, k/4) and 2-bit packed weights uint8 (N, k/4).
+
+    Without scales: the exact int32 sums. With ``s_x`` (M,) and ``s_w_rows`` (N,):
+    ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default). ``config`` =
+    (BLOCK_N, BLOCK_W words, num_warps), powers of 2 (default :data:`DEFAULT_CONFIG`).
+    Never synchronizes, so it can be captured in a CUDA graph.
+    """
+    _require_triton()
+    _check_k(k)
+    if not isinstance(x_words, torch.Tensor) or x_words.dtype != torch.int32 or x_words.dim() != 2:
+        what = f"{x_words.dtype} {tuple(x_words.shape)}" if isinstance(x_words, torch.Tensor) else type(x_words)
+        raise ValueError(f"x_words must be int32 (M, K/4) from prepare_activations, got {what}")
+    if x_words.shape[1] != k // 4:
+        raise ValueError(f"K mismatch: x_words has {x_words.shape[1]} words per token, K={k} needs {k // 4}")
+    _check_inputs(torch.empty(0, k, dtype=torch.int8, device=x_words.device), packed, k)
+    m, n = x_words.shape[0], packed.shape[0]
+    rescale = s_x is not None or s_w_rows is not None
+    if rescale:
+        if s_x is None or s_w_rows is None or s_x.shape != (m,) or s_w_rows.shape != (n,):
+            raise ValueError(f"pass both s_x ({m},) and s_w_rows ({n},) to rescale, or neither")
+        out_dtype = out_dtype or torch.float32
+    elif out_dtype not in (None, torch.int32):
+        raise ValueError(f"without scales the output is int32 (the raw sums), got out_dtype={out_dtype}")
+    y = torch.empty(m, n, dtype=out_dtype or torch.int32, device=x_words.device)
+    if m == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.zero_()
+    block_n, block_w, num_warps = _check_config(config or DEFAULT_CONFIG)
+    block_m = min(MAX_BLOCK_M, triton.next_power_of_2(m))
+    block_w = max(8, block_w // block_m)  # keep the (M, N, W) accumulator in registers as tokens grow
+    x_words, w = x_words.contiguous(), _words(packed)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    ternary_gemv_dp4a_kernel[grid](
+        x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y,
+        m, n, k // 16, x_words.stride(0), w.stride(0), y.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, USE_ASM=not interpreted(), RESCALE=rescale,
+        EVEN=n % block_n == 0 and (k // 16) % block_w == 0,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return y
+
+
+def quantize_words(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """float (M, K) -> (int32 words (M, K/4) as :func:`prepare_activations` lays them out, float32 s_x (M,)).
+
+    The same numbers as ``quantize_activations(x.float())``: s_x = 127 / max|x| per token,
+    round half to even. One Triton program per token.
+    """
+    _require_triton()
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a 2-D float tensor (M, K), got {getattr(x, 'dtype', type(x))}")
+    m, k = x.shape
+    _check_k(k)
+    x = x.contiguous()
+    words = torch.empty(m, k // 4, dtype=torch.int32, device=x.device)
+    s_x = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m and k:
+        block_k = min(4096, triton.next_power_of_2(k))
+        quantize_words_kernel[(m,)](
+            x, words, s_x, k, x.stride(0), eps,
+            BLOCK_K=block_k, BLOCK_W=max(1, block_k // 16), USE_ASM=not interpreted(),
+        )  # fmt: skip
+    return words, s_x
+
+
+def dp4a_linear(
+    x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, k: int, config: Config | None = None
+) -> torch.Tensor:
+    """BitLinear inference in two kernels: float (..., k), uint8 (N, k/4), s_w (G,) -> (..., N) in x's dtype.
+
+    The same numbers as :func:`babybitnet.triton_gemv.triton_packed_linear` (the activations are
+    quantized in float32, the sums are exact int32), up to the float rounding of the rescale.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(
+            f"x must be a float tensor (..., K={k}), got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
+        )
+    n = packed.shape[0]
+    words, s_x = quantize_words(x.reshape(-1, k))
+    y = dp4a_matmul(words, packed, k, s_x, row_scales(s_w, n, torch.float32), x.dtype, config)
+    return y.reshape(*x.shape[:-1], n)

@@ -1,0 +1,126 @@
+"""The dp4a ternary GEMV: exact int32 sums, the activation words, the fused quantizer, the layer, errors.
+
+Like ``test_triton_gemv.py``: on CUDA the kernels run on the GPU (with the ``dp4a`` PTX
+instruction); without CUDA they run in Triton's interpreter on CPU tensors, where ``dp4a``
+is the same sum written with shifts (TRITON_INTERPRET=1 is set before the import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+import babybitnet.triton_gemv as TG  # noqa: E402
+
+if not torch.cuda.is_available() and not TG.interpreted():  # imported earlier without the interpreter
+    TG = importlib.reload(sys.modules["babybitnet.triton_gemv"])
+    sys.modules.pop("babybitnet.triton_dp4a", None)
+
+import babybitnet.triton_dp4a as D  # noqa: E402
+from babybitnet.packing import pack_2bit  # noqa: E402
+from babybitnet.quant import quantize_activations  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = (4, 8, 1)  # (BLOCK_N, BLOCK_W words, num_warps): several programs and K steps on small shapes
+
+
+def case(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x_q = torch.randint(-127, 128, (m, k), generator=g).to(torch.int8)
+    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
+    return x_q, w_t
+
+
+def run(x_q: torch.Tensor, w_t: torch.Tensor, **kw) -> torch.Tensor:
+    words = D.prepare_activations(x_q.to(DEVICE))
+    return D.dp4a_matmul(words, pack_2bit(w_t).to(DEVICE), w_t.shape[1], **kw).cpu()
+
+
+def test_prepare_activations_layout():
+    x = torch.arange(32, dtype=torch.int8).reshape(1, 32)
+    words = D.prepare_activations(x).view(torch.int8).reshape(4, 2, 4)  # (plane j, word q, byte b)
+    # word q of plane j holds x[16q + j], x[16q + 4 + j], x[16q + 8 + j], x[16q + 12 + j]
+    assert words[1, 0].tolist() == [1, 5, 9, 13]
+    assert words[2, 1].tolist() == [18, 22, 26, 30]
+
+
+# (M, N, K, config): N off the block multiples, one and several steps along K, M > 16, then
+SHAPES = [(1, 1, 16, SMALL), (1, 37, 64, SMALL), (3, 50, 160, SMALL), (5, 20, 48, (2, 8, 1)), (17, 6, 32, SMALL)]
+SHAPES += [(1, 8, 384, SMALL), (2, 16, 128, SMALL), (17, 4, 256, (4, 16, 1))]  # EVEN: no masks, the prefetch wraps
+
+
+@pytest.mark.parametrize("m, n, k, config", SHAPES)
+def test_sums_are_exact(m, n, k, config):
+    x_q, w_t = case(m, n, k, seed=m * 1000 + n)
+    got = run(x_q, w_t, config=config)
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    assert torch.equal(got.long(), x_q.long() @ w_t.long().T)
+
+
+@settings(max_examples=8, deadline=None)
+@given(m=st.integers(1, 4), n=st.integers(1, 40), words=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_sums_are_exact_random(m, n, words, seed):
+    x_q, w_t = case(m, n, 16 * words, seed)
+    assert torch.equal(run(x_q, w_t, config=SMALL).long(), x_q.long() @ w_t.long().T)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_extremes(sign):
+    """Every weight +-1 and every activation 127 or -127: the largest sums must not overflow or wrap."""
+    k = 256
+    x_q = torch.full((2, k), 127, dtype=torch.int8)
+    x_q[1] = -127
+    w_t = torch.full((3, k), sign, dtype=torch.int8)
+    assert run(x_q, w_t, config=SMALL).tolist() == [[sign * 127 * k] * 3, [-sign * 127 * k] * 3]
+
+
+def test_quantize_words_matches_quantize_activations():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 96, generator=g) * torch.tensor([[0.01], [1.0], [30.0], [0.0]])  # a zero row too
+    # a row whose scale is exactly 1 and whose values are ties: round half to even, as torch.round
+    x = torch.cat([x, torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.5, -3.5] + [0.25] * 88])])
+    words, s_x = D.quantize_words(x.to(DEVICE))
+    x_i, s_ref = quantize_activations(x)
+    assert torch.equal(s_x.cpu(), s_ref.reshape(-1)), "the scales differ from quantize_activations'"
+    assert torch.equal(words.cpu(), D.prepare_activations(x_i.to(torch.int8))), "the int8 words differ"
+
+
+def test_layer_matches_triton_packed_linear():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 64, generator=g)
+    w_t = torch.randint(-1, 2, (24, 64), generator=g).to(torch.int8)
+    pk, s_w = pack_2bit(w_t).to(DEVICE), torch.tensor([0.4, 0.8, 1.6], device=DEVICE)  # 3 groups of 8 rows
+    got = D.dp4a_linear(x.to(DEVICE), pk, s_w, 64, config=SMALL).cpu()
+    want = TG.triton_packed_linear(x.to(DEVICE), pk, s_w, 64, config=(4, 64, 2)).cpu()
+    assert got.shape == (2, 3, 24) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_errors():
+    x_q, w_t = case(1, 4, 32, 0)
+    pk = pack_2bit(w_t)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        D.prepare_activations(torch.zeros(1, 24, dtype=torch.int8))
+    with pytest.raises(ValueError, match="int8"):
+        D.prepare_activations(torch.zeros(1, 32))
+    words = D.prepare_activations(x_q)
+    with pytest.raises(ValueError, match="int32"):
+        D.dp4a_matmul(x_q, pk, 32)
+    with pytest.raises(ValueError, match="K mismatch"):
+        D.dp4a_matmul(words, pk, 48)
+    with pytest.raises(ValueError, match="power of 2"):
+        D.dp4a_matmul(words.to(DEVICE), pk.to(DEVICE), 32, config=(3, 8, 1))
+    with pytest.raises(ValueError, match="s_x"):
+        D.dp4a_matmul(words.to(DEVICE), pk.to(DEVICE), 32, s_x=torch.ones(1, device=DEVICE))
+    with pytest.raises(ValueError, match="float"):
+        D.dp4a_linear(x_q, pk, torch.ones(1), 32)
