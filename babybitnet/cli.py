@@ -10,6 +10,7 @@ lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only 
 ablate    train every variant of a study over several seeds and report mean +- std
 ladder    train the rungs from a bigram to babyGPT under the same settings
 finetune  babyGPT -> babyBitNet with gradual quantization, against the abrupt switch and from scratch
+scale     train both models at sizes from 0.2M to 25M parameters: does the gap close as they grow?
 """
 
 from __future__ import annotations
@@ -229,16 +230,44 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.s2,
         args.warmup,
         args.device,
-        args.seed,
-        args.out,
-        args.text,
+        seeds=args.seeds,
+        out=args.out,
+        text=args.text,
         progress=not args.quiet,
         eval_iters=args.eval_iters,
         jobs=args.jobs,
+        lr=args.lr,
     )
-    print(f"\nfine-tune on {describe(r['machine'])}\n")
+    seeds = ", ".join(str(s) for s in r["seeds"])
+    print(f"\nfine-tune (peak LR {r['lr']:g}), seeds {seeds}, {args.jobs} jobs on {describe(r['machine'])}\n")
     print(markdown_table(r))
     print(f"wrote {Path(args.out) / 'results.json'}, table.md and val_loss.png")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from babybitnet.bench import describe
+    from babybitnet.scale import markdown_table, scale
+
+    r = scale(
+        args.sizes,
+        args.models,
+        args.iters,
+        args.text,
+        args.device,
+        args.jobs,
+        args.out,
+        args.resume,
+        dtype=args.dtype,
+        compile=args.compile,
+        seed=args.seed,
+        eval_iters=args.eval_iters,
+        patience=args.patience,
+        progress=not args.quiet,
+    )
+    print(f"\nscale study, {r['tokens_per_run']:,} tokens per run, on {describe(r['machine'])}\n")
+    print(markdown_table(r))
+    print(f"wrote {Path(args.out) / 'results.json'}, table.md and scale.png")
     return 0
 
 
@@ -406,20 +435,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="babyGPT -> babyBitNet: gradual quantization vs the abrupt switch vs from scratch",
         description="Train babyGPT (recipe preset, bias=False) for S1 steps, convert it to babyBitNet and "
         "fine-tune S2 steps with the quantization strength ramped over --warmup steps (and, to compare, "
-        "switched on at once), against babyBitNet trained from scratch for S1 + S2 steps.",
+        "switched on at once), against babyBitNet trained from scratch for S1 + S2 steps; once per seed, "
+        "with the mean +- std over seeds in the table.",
         formatter_class=fmt,
     )
     sp.add_argument("--s1", type=int, default=2500, help="babyGPT (full-precision) steps")
     sp.add_argument("--s2", type=int, default=2500, help="fine-tuning steps after the conversion")
     sp.add_argument("--warmup", type=int, default=1000, help="steps over which lambda goes from 0 to 1")
     sp.add_argument("--device", choices=DEVICES, default="auto", help="where to train; auto picks cuda, mps, cpu")
-    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 1337)")
+    sp.add_argument(
+        "--seeds", type=int, nargs="+", default=[1337], help="random seeds, one run each (1337 is the preset's)"
+    )
+    sp.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="the fine-tunes' peak LR; stage 2 uses half. None: babyBitNet's recipe peak 3e-3 (stage 2 1.5e-3). "
+        "The run from scratch always keeps the recipe's LR",
+    )
     sp.add_argument("--eval-iters", type=int, default=None, help="batches per split per loss estimate (default 200)")
-    sp.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: train from scratch in a second process")
+    sp.add_argument("--jobs", type=int, default=1, help="worker processes (any number >= 1); each seed is 2 tasks")
     sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
     sp.add_argument("--out", default="runs/finetune", help="folder for results.json, table.md, val_loss.png")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_finetune)
+
+    from babybitnet.scale import SIZES
+
+    sp = sub.add_parser(
+        "scale",
+        help="train both models at sizes from 0.2M to 25M parameters: does the gap close as they grow?",
+        description="Train babyGPT and babyBitNet (the recipe preset's settings) at every size of "
+        "babybitnet/scale.py with the same tokens per run (block 256, batch 64, ITERS steps), and report "
+        "each run's best val loss and the gap babyBitNet - babyGPT. Tiny Shakespeare is small enough for the "
+        "large sizes to overfit it: they get dropout and stop early (--patience); --text takes a larger corpus. "
+        "Meant for GPUs (bfloat16 and torch.compile by default there; --jobs N trains N runs at once, one GPU "
+        "each). results.json, table.md and scale.png are rewritten after every run; --resume carries on.",
+        formatter_class=fmt,
+    )
+    sp.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="sizes to train")
+    sp.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="gpt = babyGPT, bitnet = babyBitNet"
+    )
+    sp.add_argument("--iters", type=int, default=2500, help="training steps per run (the same for every size)")
+    sp.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+    sp.add_argument("--device", choices=DEVICES, default="auto", help="where to train; auto picks cuda, mps, cpu")
+    sp.add_argument("--jobs", type=int, default=1, help="runs at once in worker processes (CUDA: one GPU each)")
+    sp.add_argument("--out", default="runs/scale", help="folder for results.json, table.md, scale.png")
+    sp.add_argument("--resume", action="store_true", help="keep the finished runs in OUT, train only the rest")
+    sp.add_argument("--seed", type=int, default=1337, help="random seed (model weights and batches)")
+    sp.add_argument("--eval-iters", type=int, default=100, help="batches per split in each loss estimate")
+    sp.add_argument(
+        "--patience", type=int, default=4, help="stop a run after this many evaluations without a new best (0: off)"
+    )
+    sp.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default=None, help="None: bfloat16 on CUDA, else float32"
+    )
+    sp.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the models (None: on for CUDA, off elsewhere)",
+    )
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_scale)
     return p
 
 

@@ -20,11 +20,19 @@ weights adapt to it, until at ``lam = 1`` the model is a plain babyBitNet.
   with ``lam`` set before every step;
 * :func:`compare_finetune` is the experiment: babyGPT then gradual fine-tuning,
   babyGPT then the abrupt switch, and babyBitNet from scratch, for the same
-  total number of steps on the same data.
+  total number of steps on the same data, over several seeds (mean +- std,
+  :func:`summarize`). The fine-tunes' peak learning rate is an option: the
+  recipe's 3e-3 is tuned for training from scratch and at first knocks the
+  converted model out of its minimum. Each seed is two independent tasks (the
+  babyGPT -> fine-tunes chain, and the run from scratch), which ``jobs`` worker
+  processes run side by side.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,6 +44,7 @@ from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.train import TrainConfig, estimate_loss, train
 
 NAMES = {"gpt": "babyGPT", "gradual": "gradual", "abrupt": "abrupt", "scratch": "babyBitNet from scratch"}
+CONVERSION = ("gpt", "lam0", "lam1")  # val loss of babyGPT, and of its copy at lam = 0 and lam = 1, untrained
 
 
 def to_bitnet(model: GPT, drop_biases: bool = False) -> GPT:
@@ -115,47 +124,115 @@ def val_loss(model: GPT, val_data: torch.Tensor, cfg: TrainConfig, device: str |
     return estimate_loss(model, val_data, cfg.batch_size, cfg.eval_iters, model.config.block_size, g, device)
 
 
+def _stats(values: list[float], seeds: list[int]) -> dict:
+    """Mean, sample standard deviation (0 for one value) and the values themselves, with their seeds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+        "seeds": seeds,
+    }
+
+
+def summarize(runs: dict, seeds: Sequence[int]) -> dict:
+    """Mean and spread over seeds of every model's final and best val loss and of the conversion losses.
+
+    ``runs`` is :func:`compare_finetune`'s ``results["runs"]``. Only what has finished counts, so
+    while a run is going on (or after it was cut short) two entries may cover different seeds;
+    each entry's ``seeds`` says which ``values`` belong to which seed.
+    """
+    summary: dict = {}
+    for key in NAMES:
+        have = [s for s in seeds if key in runs.get(str(s), {}).get("models", {})]
+        if have:
+            summary[key] = {
+                stat: _stats([runs[str(s)]["models"][key][stat] for s in have], have)
+                for stat in ("final_val", "best_val")
+            }
+    have = [s for s in seeds if "after_conversion" in runs.get(str(s), {})]
+    if have:
+        summary["after_conversion"] = {
+            k: _stats([runs[str(s)]["after_conversion"][k] for s in have], have) for k in CONVERSION
+        }
+    return summary
+
+
 def markdown_table(results: dict) -> str:
-    """The summary table of a :func:`compare_finetune` run as markdown."""
-    s1, s2, conv = results["s1"], results["s2"], results["after_conversion"]
-    m = results["models"]
+    """The summary table of a :func:`compare_finetune` run as markdown: mean +- sample std over seeds.
+
+    A row appears once one of its seeds has finished; its ``seeds`` column says over how many.
+    """
+    s1, s2, summary = results["s1"], results["s2"], results["summary"]
+
+    def cell(entry: dict) -> str:
+        return f"{entry['mean']:.4f} +- {entry['std']:.4f}"
+
     rows = [
-        "| model | steps | final val loss | best val loss |",
-        "|---|---:|---:|---:|",
-        f"| babyGPT (fp, bias=False) | {s1} | {m['gpt']['final_val']:.4f} | {m['gpt']['best_val']:.4f} |",
-        f"| babyGPT, on the conversion's val windows | {s1} | {conv['gpt']:.4f} | |",
-        f"| converted, lam=0 (no training) | {s1} | {conv['lam0']:.4f} | |",
-        f"| converted, lam=1 (no training) | {s1} | {conv['lam1']:.4f} | |",
-        f"| gradual (lambda warm-up {results['warmup']}) | {s1} + {s2} | {m['gradual']['final_val']:.4f} | "
-        f"{m['gradual']['best_val']:.4f} |",
-        f"| abrupt (lambda = 1 at once) | {s1} + {s2} | {m['abrupt']['final_val']:.4f} | "
-        f"{m['abrupt']['best_val']:.4f} |",
-        f"| babyBitNet from scratch | {s1 + s2} | {m['scratch']['final_val']:.4f} | {m['scratch']['best_val']:.4f} |",
+        "| model | steps | seeds | final val loss | best val loss |",
+        "|---|---:|---:|---:|---:|",
     ]
-    return "\n".join(rows) + "\n"
+    labels = {
+        "gpt": ("babyGPT (fp, bias=False)", f"{s1}"),
+        "gradual": (f"gradual (lambda warm-up {results['warmup']}, peak LR {results['lr']:g})", f"{s1} + {s2}"),
+        "abrupt": (f"abrupt (lambda = 1 at once, peak LR {results['lr']:g})", f"{s1} + {s2}"),
+        "scratch": ("babyBitNet from scratch (recipe LR)", f"{s1 + s2}"),
+    }
+    conversion = {
+        "gpt": "babyGPT, on the conversion's val windows",
+        "lam0": "converted, lam=0 (no training)",
+        "lam1": "converted, lam=1 (no training)",
+    }
+    for key, (label, steps) in labels.items():
+        if key in summary:
+            e = summary[key]
+            n = len(e["final_val"]["values"])
+            rows.append(f"| {label} | {steps} | {n} | {cell(e['final_val'])} | {cell(e['best_val'])} |")
+        if key == "gpt" and "after_conversion" in summary:  # the conversion's cost, right below babyGPT
+            for k, label_k in conversion.items():
+                e = summary["after_conversion"][k]
+                rows.append(f"| {label_k} | {s1} | {len(e['values'])} | {cell(e)} | |")
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    caption = f"\nmean +- sample standard deviation over the finished seeds (of {seeds})\n"
+    return "\n".join(rows) + "\n" + caption
 
 
 def plot_finetune(results: dict, path: str | Path) -> Path:
-    """Val loss against step: babyGPT's fp phase, the two fine-tunes after it, and babyBitNet from scratch."""
+    """Val loss against step, one line per finished seed: babyGPT's fp phase, the two fine-tunes, scratch."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, works without a display
     import matplotlib.pyplot as plt
 
-    s1, m = results["s1"], results["models"]
+    s1 = results["s1"]
+    done = [str(s) for s in results["seeds"] if str(s) in results["runs"]]
+    # one seed: plain lines; several: thin ones, so the spread between seeds shows without hiding anything
+    width, alpha = (1.5, 1.0) if len(done) <= 1 else (0.9, 0.6)
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.plot(m["gpt"]["history"]["step"], m["gpt"]["history"]["val"], color="0.4", label="babyGPT (fp phase)")
-    for key, color in (("gradual", "C0"), ("abrupt", "C3")):
-        h = m[key]["history"]
-        ax.plot([s1 + s for s in h["step"]], h["val"], color=color, label=f"{NAMES[key]} (babyBitNet)")
-    h = m["scratch"]["history"]
-    ax.plot(h["step"], h["val"], color="C2", label=NAMES["scratch"])
+    labelled: set[str] = set()
+    for seed in done:
+        models = results["runs"][seed]["models"]
+        for key, color, offset in (
+            ("gpt", "0.4", 0),
+            ("gradual", "C0", s1),
+            ("abrupt", "C3", s1),
+            ("scratch", "C2", 0),
+        ):
+            if key not in models:
+                continue
+            h = models[key]["history"]
+            label = None if key in labelled else NAMES[key] + (" (fp phase)" if key == "gpt" else "")
+            labelled.add(key)
+            ax.plot([offset + s for s in h["step"]], h["val"], color=color, lw=width, alpha=alpha, label=label)
     ax.axvline(s1, color="0.6", linestyle=":", label="conversion")
     if results["warmup"]:
         ax.axvline(s1 + results["warmup"], color="C0", linestyle=":", alpha=0.6, label="lambda reaches 1")
     ax.set_xlabel("step")
     ax.set_ylabel("val cross-entropy loss (nats / character)")
-    ax.set_title(f"babyGPT -> babyBitNet: gradual vs abrupt vs scratch ({results['device']})")
+    seeds = f"seed {done[0]}" if len(done) == 1 else f"{len(done)} seeds, one thin line each"
+    ax.set_title(
+        f"babyGPT -> babyBitNet: gradual vs abrupt vs scratch\n"
+        f"{seeds}, fine-tune peak LR {results['lr']:g} ({results['device']})"
+    )
     ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))  # the untrained loss (~4.2) would flatten the interesting part
     ax.grid(alpha=0.3)
     ax.legend()
@@ -165,15 +242,78 @@ def plot_finetune(results: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def _scratch_run(s: int, overrides: dict, text: str | None, device: str, progress: bool) -> dict:
-    """babyBitNet from scratch for ``s`` steps (recipe preset, bias=False); a top-level function for a worker."""
+def _chain(seed: int, settings: dict) -> dict:
+    """One seed's babyGPT (``s1`` steps), the conversion's cost, then the gradual and the abrupt fine-tune.
+
+    A top-level function so a worker process can run it; ``settings`` holds plain values only.
+    Returns ``{"models": {gpt, gradual, abrupt}, "after_conversion": {gpt, lam0, lam1}}``.
+    """
+    from babybitnet.data import load_dataset
+    from babybitnet.presets import build_model, get_preset
+
+    s1, s2, dev, progress = settings["s1"], settings["s2"], settings["device"], settings["progress"]
+    common = {"seed": seed, "eval_iters": settings["eval_iters"]}  # None values keep the preset's
+    tok, train_data, val_data = load_dataset(settings["text"])
+
+    # (a) the full-precision model
+    gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=s1, **common)
+    r = train(gpt, train_data, val_data, gcfg, dev, progress=progress, desc=f"babyGPT, seed {seed}")
+    models = {"gpt": run_record(r, gpt, gcfg)}
+
+    # The fine-tunes' schedule: babyBitNet's recipe over s2 steps, at its peak or at settings["lr"].
+    # The recipe sets lr_stage2 itself, so a new peak needs its own stage 2 (half the peak, as in the
+    # recipe); otherwise a lower peak would be followed by a higher stage 2.
+    lr = settings["lr"]
+    lrs = {} if lr is None else {"lr": lr, "lr_stage2": lr / 2}
+    _, fcfg = get_preset("recipe", "bitnet", tok.vocab_size, {"bias": False}, max_iters=s2, **common, **lrs)
+
+    # the cost of conversion, all on the same validation windows
+    bitnet = to_bitnet(gpt)
+    conv = {"gpt": val_loss(gpt, val_data, fcfg, dev)}
+    for lam in (0.0, 1.0):
+        set_quant_strength(bitnet, lam)
+        conv[f"lam{lam:g}"] = val_loss(bitnet, val_data, fcfg, dev)
+
+    # (b), (c) the fine-tunes, each from its own copy of the converted model
+    for key, w in (("gradual", settings["warmup"]), ("abrupt", 0)):
+        model = to_bitnet(gpt)
+        r = finetune(model, train_data, val_data, fcfg, w, dev, progress=progress, desc=f"{key}, seed {seed}")
+        models[key] = run_record(r, model, fcfg)
+    return {"models": models, "after_conversion": conv}
+
+
+def _scratch(seed: int, settings: dict) -> dict:
+    """One seed's babyBitNet from scratch for ``s1 + s2`` steps (recipe preset and LR, bias=False)."""
     from babybitnet.data import load_dataset
     from babybitnet.presets import build_model
 
-    tok, train_data, val_data = load_dataset(text)
-    model, cfg = build_model("recipe", "bitnet", tok.vocab_size, {"bias": False}, max_iters=s, **overrides)
-    r = train(model, train_data, val_data, cfg, device, progress=progress, desc="babyBitNet from scratch")
-    return run_record(r, model, cfg)
+    tok, train_data, val_data = load_dataset(settings["text"])
+    steps = settings["s1"] + settings["s2"]
+    model, cfg = build_model(
+        "recipe",
+        "bitnet",
+        tok.vocab_size,
+        {"bias": False},
+        max_iters=steps,
+        seed=seed,
+        eval_iters=settings["eval_iters"],
+    )
+    desc = f"babyBitNet from scratch, seed {seed}"
+    r = train(model, train_data, val_data, cfg, settings["device"], progress=settings["progress"], desc=desc)
+    return {"models": {"scratch": run_record(r, model, cfg)}}
+
+
+TASKS = {"chain": _chain, "scratch": _scratch}
+
+
+def _run_task(kind: str, seed: int, settings: dict) -> tuple[str, int, dict]:
+    """Run one task (``"chain"`` or ``"scratch"``) for ``seed``; return it with what it made."""
+    return kind, seed, TASKS[kind](seed, settings)
+
+
+def _one_thread() -> None:
+    """Worker initializer: several runs side by side are fastest with one thread each."""
+    torch.set_num_threads(1)
 
 
 def compare_finetune(
@@ -181,79 +321,114 @@ def compare_finetune(
     s2: int = 2500,
     warmup: int = 1000,
     device: str = "auto",
-    seed: int | None = None,
+    seeds: Sequence[int] = (1337,),
     out: str | Path = "runs/finetune",
     text: str | Path | None = None,
     progress: bool = True,
     eval_iters: int | None = None,
     jobs: int = 1,
+    lr: float | None = None,
 ) -> dict:
-    """The experiment; writes ``results.json``, ``table.md`` and ``val_loss.png`` into ``out``.
+    """The experiment over ``seeds``; writes ``results.json``, ``table.md`` and ``val_loss.png`` into ``out``.
 
-    (a) babyGPT, recipe preset with ``bias=False``, ``s1`` steps; (b) converted with :func:`to_bitnet`
-    and fine-tuned ``s2`` steps with ``lam`` warming up over ``warmup`` steps; (c) the same with the
-    abrupt switch; (d) babyBitNet from scratch, recipe preset, ``bias=False``, ``s1 + s2`` steps.
-    Every run uses the same data and seed. The fine-tunes use babyBitNet's recipe schedule over
-    ``s2`` steps (a fresh optimizer, so its LR warm-up too): the model they end as is a babyBitNet.
-    ``jobs=2`` runs (d) in a second process beside (a)-(c).
+    Per seed: (a) babyGPT, recipe preset with ``bias=False``, ``s1`` steps; (b) converted with
+    :func:`to_bitnet` and fine-tuned ``s2`` steps with ``lam`` warming up over ``warmup`` steps;
+    (c) the same with the abrupt switch; (d) babyBitNet from scratch, recipe preset, ``bias=False``,
+    ``s1 + s2`` steps. All four use the seed for initial weights and batches, and the same data.
+
+    The fine-tunes use babyBitNet's recipe schedule over ``s2`` steps (a fresh optimizer, so its LR
+    warm-up too) at peak ``lr`` with stage 2 at ``lr / 2``; ``lr=None`` is the recipe's own peak
+    (3e-3, then 1.5e-3). The run from scratch always uses the recipe's LR: it is the baseline.
+
+    Each seed is two independent tasks, (a)-(c) (one chain: the fine-tunes need the babyGPT) and (d).
+    ``jobs=1`` runs them one after another in this process; ``jobs > 1`` in that many worker
+    processes (fresh interpreters, one thread each). The files are rewritten after every finished
+    task, so a run cut short keeps what it finished.
+
+    Returns (and saves) ``s1, s2, warmup, lr, seeds, device, torch, machine, data``, ``runs`` (per
+    seed: ``models`` with the run records of gpt, gradual, abrupt, scratch, and ``after_conversion``
+    with the val loss of babyGPT and of the converted model at ``lam = 0`` and ``lam = 1``) and
+    ``summary`` (see :func:`summarize`).
     """
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
 
     from babybitnet.bench import machine_info
-    from babybitnet.data import load_dataset
-    from babybitnet.presets import build_model, get_preset
+    from babybitnet.presets import get_preset
     from babybitnet.train import resolve_device
 
+    # check everything before any training starts
     if min(s1, s2) < 1:
         raise ValueError(f"s1 and s2 must be >= 1, got s1={s1}, s2={s2}")
-    lambda_at(0, warmup)  # a negative warmup fails here, before any training
-    if jobs not in (1, 2):
-        raise ValueError(f"jobs must be 1 or 2 (the scratch run beside the rest), got {jobs}")
+    lambda_at(0, warmup)  # a negative warmup fails here
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs is the number of worker processes and must be a whole number >= 1, got {jobs!r}")
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of whole numbers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be different from each other (each seed is one run), got {seeds}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+        raise ValueError(f"lr (the fine-tunes' peak learning rate) must be a positive number, got {lr!r}")
+
     dev = resolve_device(device)
-    overrides = {k: v for k, v in {"seed": seed, "eval_iters": eval_iters}.items() if v is not None}
-    tok, train_data, val_data = load_dataset(text)
+    recipe_lr = get_preset("recipe", "bitnet")[1].lr
     results: dict = {
         "s1": s1,
         "s2": s2,
         "warmup": warmup,
+        "lr": recipe_lr if lr is None else float(lr),
+        "seeds": seeds,
         "device": str(dev),
         "torch": torch.__version__,
         "machine": machine_info(dev),
         "data": str(text or "tinyshakespeare"),
-        "models": {},
+        "runs": {},
+        "summary": {},
     }
-    pool = scratch = None
-    if jobs == 2:  # a fresh interpreter ("spawn"), so it inherits none of this process's thread pools
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=torch.multiprocessing.get_context("spawn"))
-        scratch = pool.submit(_scratch_run, s1 + s2, overrides, text and str(text), str(dev), False)
+    # per seed the chain first: with one job a seed is complete as early as possible
+    tasks = [(kind, seed) for seed in seeds for kind in TASKS]
+    jobs = min(jobs, len(tasks))
+    settings = {
+        "s1": s1,
+        "s2": s2,
+        "warmup": warmup,
+        "lr": lr,
+        "eval_iters": eval_iters,
+        "text": text and str(text),
+        "device": str(dev),
+        "progress": progress and jobs == 1,  # workers' bars would write over each other
+    }
 
-    # (a) the full-precision model
-    gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=s1, **overrides)
-    r = train(gpt, train_data, val_data, gcfg, dev, progress=progress, desc="babyGPT")
-    results["models"]["gpt"] = run_record(r, gpt, gcfg)
+    def record(kind: str, seed: int, made: dict) -> None:
+        # merge the task into its seed's run and rewrite every file: a run cut short keeps what finished
+        run = results["runs"].setdefault(str(seed), {"models": {}})
+        merged = {**run["models"], **made["models"]}
+        run["models"] = {k: merged[k] for k in NAMES if k in merged}  # always gpt, gradual, abrupt, scratch
+        if "after_conversion" in made:
+            run["after_conversion"] = made["after_conversion"]
+        results["runs"] = {str(s): results["runs"][str(s)] for s in seeds if str(s) in results["runs"]}
+        results["summary"] = summarize(results["runs"], seeds)
+        folder = write_results(out, results, markdown_table(results))
+        plot_finetune(results, folder / "val_loss.png")
 
-    # the cost of conversion, all on the same validation windows
-    _, fcfg = get_preset("recipe", "bitnet", tok.vocab_size, {"bias": False}, max_iters=s2, **overrides)
-    bitnet = to_bitnet(gpt)
-    conv = {"gpt": val_loss(gpt, val_data, fcfg, dev)}
-    for lam in (0.0, 1.0):
-        set_quant_strength(bitnet, lam)
-        conv[f"lam{lam:g}"] = val_loss(bitnet, val_data, fcfg, dev)
-    results["after_conversion"] = conv
+    if jobs == 1:
+        for kind, seed in tasks:
+            record(*_run_task(kind, seed, settings))
+        return results
 
-    # (b), (c) the fine-tunes, each from its own copy of the converted model
-    for key, w in (("gradual", warmup), ("abrupt", 0)):
-        model = to_bitnet(gpt)
-        r = finetune(model, train_data, val_data, fcfg, w, dev, progress=progress, desc=key)
-        results["models"][key] = run_record(r, model, fcfg)
-
-    # (d) from scratch
-    if pool is not None:
-        results["models"]["scratch"] = scratch.result()
-        pool.shutdown()
-    else:
-        results["models"]["scratch"] = _scratch_run(s1 + s2, overrides, text, dev, progress)
-
-    out = write_results(out, results, markdown_table(results))
-    plot_finetune(results, out / "val_loss.png")
+    # fresh interpreters ("spawn"), so no worker inherits this process's thread pools
+    ctx = torch.multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread)
+    bar = tqdm(total=len(tasks), desc=f"finetune ({jobs} jobs)", disable=not progress, dynamic_ncols=True)
+    try:
+        futures = [pool.submit(_run_task, kind, seed, settings) for kind, seed in tasks]
+        for f in as_completed(futures):
+            record(*f.result())
+            bar.update()
+    finally:
+        # on an error, drop the tasks not yet started rather than run them for nothing
+        pool.shutdown(cancel_futures=True)
+        bar.close()
     return results

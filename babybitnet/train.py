@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "float32"  # "bfloat16": bf16 autocast for the forward passes (GPUs); the weights stay float32
     compile: bool = False  # torch.compile the model (GPUs: faster steps after a compile of a minute or so)
+    patience: int = 0  # early stopping: stop after this many evaluations in a row without a new best val; 0 = off
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -60,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.max_iters < 1 or self.batch_size < 1 or self.eval_interval < 1 or self.eval_iters < 1:
             raise ValueError("max_iters, batch_size, eval_interval and eval_iters must all be >= 1")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +165,8 @@ def train(
     ``ms_per_step`` count only the optimisation steps, not the evaluations.
     ``on_step(step)``, if given, is called before optimizer step ``step`` (0-based) and before the
     evaluation after ``step`` steps, so it can change the model as training goes (``babybitnet.finetune``).
+    With ``cfg.patience = N > 0`` training stops early once N evaluations in a row have not beaten the
+    best val loss so far; ``stopped_early`` and ``stopped_step`` (steps taken) say whether and where.
     """
     device = torch.device(device)
     block_size = model.config.block_size
@@ -196,6 +201,7 @@ def train(
 
     t_start = time.perf_counter()
     train_time = 0.0
+    steps_done, stopped_early, since_best = cfg.max_iters, False, 0
     evaluate(0)
     bar = tqdm(range(cfg.max_iters), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -219,6 +225,12 @@ def train(
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
             evaluate(step + 1)
             bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{history['val'][-1]:.4f}")
+            if cfg.patience > 0:
+                # a big model on a small text overfits: once val stops improving, more steps only hurt
+                since_best = 0 if history["val"][-1] < min(history["val"][:-1]) else since_best + 1
+                if since_best >= cfg.patience and step + 1 < cfg.max_iters:
+                    steps_done, stopped_early = step + 1, True
+                    break
     bar.close()
 
     best = min(range(len(history["val"])), key=history["val"].__getitem__)
@@ -233,7 +245,9 @@ def train(
         "final_train": history["train"][-1],
         "seconds": time.perf_counter() - t_start,
         "train_seconds": train_time,
-        "ms_per_step": 1000 * train_time / cfg.max_iters,
+        "ms_per_step": 1000 * train_time / steps_done,
+        "stopped_early": stopped_early,
+        "stopped_step": steps_done,  # optimizer steps taken: max_iters unless stopped early
         "history": history,
     }
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from babybitnet.bigram import BigramLanguageModel
 from babybitnet.bitlinear import BitLinear, BitLinearFunction, int_linear, set_quant_strength
-from babybitnet.finetune import compare_finetune, finetune, lambda_at, to_bitnet
+from babybitnet.finetune import compare_finetune, finetune, lambda_at, summarize, to_bitnet
 from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.quant import activation_quant, weight_quant
 from babybitnet.train import TrainConfig, train
@@ -214,26 +214,185 @@ def test_finetune_needs_bitlinear_layers():
 
 
 # ---------------------------------------------------------------- the experiment
+# Tiny runs: the recipe's model for a few steps, one batch per loss estimate. The numbers mean
+# nothing; what is checked is where each one goes and that the same seed gives the same ones.
+TINY_RUN = dict(s1=4, s2=6, warmup=3, device="cpu", progress=False, eval_iters=1)
+KEYS = ("gpt", "gradual", "abrupt", "scratch")
+
+
 def test_compare_finetune_end_to_end(tmp_path):
-    r = compare_finetune(4, 6, warmup=3, device="cpu", out=tmp_path, progress=False, eval_iters=1)
-    assert set(r["models"]) == {"gpt", "gradual", "abrupt", "scratch"}
-    conv = r["after_conversion"]
+    r = compare_finetune(**TINY_RUN, out=tmp_path)
+    assert r["seeds"] == [1337] and list(r["runs"]) == ["1337"]  # the preset's seed by default
+    assert r["lr"] == 3e-3  # babyBitNet's recipe peak
+    run = r["runs"]["1337"]
+    assert list(run["models"]) == list(KEYS)
+    conv = run["after_conversion"]
     assert conv["lam0"] == pytest.approx(conv["gpt"], abs=1e-6)  # bias=False: nothing lost in the copy
     assert conv["lam1"] != conv["lam0"]
-    assert r["models"]["gpt"]["iters"] == 4 and r["models"]["scratch"]["iters"] == 10
-    assert r["models"]["gradual"]["history"]["lam"][0] == 0.0 and r["models"]["gradual"]["history"]["lam"][-1] == 1
-    assert set(r["models"]["abrupt"]["history"]["lam"]) == {1.0}
+    m = run["models"]
+    assert m["gpt"]["iters"] == 4 and m["gradual"]["iters"] == 6 and m["scratch"]["iters"] == 10
+    assert m["gradual"]["history"]["lam"][0] == 0.0 and m["gradual"]["history"]["lam"][-1] == 1
+    assert set(m["abrupt"]["history"]["lam"]) == {1.0}
+    assert m["gradual"]["train_config"]["lr"] == 3e-3 and m["gradual"]["train_config"]["lr_stage2"] == 1.5e-3
     for key in ("gpt", "scratch"):
-        assert r["models"][key]["model_config"]["bias"] is False
+        assert m[key]["model_config"]["bias"] is False
+    for key in KEYS:  # one seed: the mean is the value, the spread 0
+        assert r["summary"][key]["final_val"] == {
+            "mean": m[key]["final_val"],
+            "std": 0.0,
+            "values": [m[key]["final_val"]],
+            "seeds": [1337],
+        }
+    assert r["summary"]["after_conversion"]["lam1"]["values"] == [conv["lam1"]]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["after_conversion"] == conv and saved["warmup"] == 3
-    assert (tmp_path / "val_loss.png").stat().st_size > 0 and "gradual" in (tmp_path / "table.md").read_text()
+    assert saved == json.loads(json.dumps(r))  # what is returned is what is saved
+    assert {"s1", "s2", "warmup", "lr", "seeds", "device", "torch", "machine", "data", "runs", "summary"} <= set(saved)
+    table = (tmp_path / "table.md").read_text()
+    assert "gradual" in table and "+- 0.0000" in table and "| 1 |" in table
+    assert (tmp_path / "val_loss.png").stat().st_size > 0
 
 
-def test_compare_finetune_rejects_bad_settings(tmp_path):
-    with pytest.raises(ValueError, match="s1 and s2"):
-        compare_finetune(0, 5, out=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="must be >= 0"):
-        compare_finetune(5, 5, warmup=-1, out=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="jobs"):
-        compare_finetune(5, 5, jobs=3, out=tmp_path, progress=False)
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory) -> tuple[dict, object]:
+    """Seeds 1 and 2, fine-tunes at peak LR 1e-3: one run shared by the tests below."""
+    out = tmp_path_factory.mktemp("two_seeds")
+    return compare_finetune(**TINY_RUN, seeds=(1, 2), lr=1e-3, out=out), out
+
+
+def test_two_seeds_give_two_runs_and_mean_and_std(two_seeds):
+    r, out = two_seeds
+    assert r["seeds"] == [1, 2] and list(r["runs"]) == ["1", "2"]
+    for key in KEYS:
+        for stat in ("final_val", "best_val"):
+            values = [r["runs"][s]["models"][key][stat] for s in ("1", "2")]
+            entry = r["summary"][key][stat]
+            assert entry["values"] == values and entry["seeds"] == [1, 2]
+            assert entry["mean"] == pytest.approx((values[0] + values[1]) / 2, rel=1e-12)
+            assert entry["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), rel=1e-9)  # n - 1
+    for k in ("gpt", "lam0", "lam1"):
+        values = [r["runs"][s]["after_conversion"][k] for s in ("1", "2")]
+        assert r["summary"]["after_conversion"][k]["values"] == values
+    # different seeds are different runs, so the spread is not 0
+    assert r["summary"]["scratch"]["final_val"]["std"] > 0
+    assert r["runs"]["1"]["models"]["gpt"]["train_config"]["seed"] == 1
+    assert r["runs"]["2"]["models"]["scratch"]["train_config"]["seed"] == 2
+    table = (out / "table.md").read_text()
+    mean, std = r["summary"]["abrupt"]["final_val"]["mean"], r["summary"]["abrupt"]["final_val"]["std"]
+    assert f"| 2 | {mean:.4f} +- {std:.4f} |" in table and "of 1, 2" in table
+
+
+def test_lr_reaches_the_finetunes_only(two_seeds):
+    r, _ = two_seeds
+    assert r["lr"] == 1e-3
+    for seed in ("1", "2"):
+        m = r["runs"][seed]["models"]
+        for key in ("gradual", "abrupt"):  # the new peak, and stage 2 at half of it (not the recipe's 1.5e-3)
+            assert (m[key]["train_config"]["lr"], m[key]["train_config"]["lr_stage2"]) == (1e-3, 5e-4)
+        assert (m["scratch"]["train_config"]["lr"], m["scratch"]["train_config"]["lr_stage2"]) == (3e-3, 1.5e-3)
+        assert (m["gpt"]["train_config"]["lr"], m["gpt"]["train_config"]["lr_stage2"]) == (1e-3, 5e-4)  # babyGPT's own
+
+
+def comparable(results: dict) -> dict:
+    """The numbers of every run, without the timings (which differ from run to run)."""
+    keep = ("final_val", "best_val", "best_step", "history", "train_config", "model_config")
+    return {
+        seed: {
+            "models": {k: {f: m[f] for f in keep} for k, m in run["models"].items()},
+            "after_conversion": run["after_conversion"],
+        }
+        for seed, run in results["runs"].items()
+    }
+
+
+def test_jobs_2_gives_the_same_numbers_as_jobs_1(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker: the same thread count gives the same floating-point sums
+    try:
+        one = compare_finetune(**TINY_RUN, seeds=[5], out=tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    two = compare_finetune(**TINY_RUN, seeds=[5], out=tmp_path / "two", jobs=2)
+    assert comparable(two) == comparable(one)
+    assert two["summary"] == one["summary"]
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["runs"]["5"]["models"].keys() == set(KEYS)
+
+
+def test_results_are_written_after_every_task(tmp_path, monkeypatch):
+    import babybitnet.finetune as ft
+
+    def boom(seed: int, settings: dict) -> dict:
+        assert (tmp_path / "results.json").is_file()  # the chain, which ran first, is already saved
+        raise RuntimeError("cut short")
+
+    monkeypatch.setitem(ft.TASKS, "scratch", boom)
+    with pytest.raises(RuntimeError, match="cut short"):
+        compare_finetune(**TINY_RUN, seeds=[3], out=tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved["runs"]["3"]["models"]) == ["gpt", "gradual", "abrupt"]
+    assert set(saved["summary"]) == {"gpt", "gradual", "abrupt", "after_conversion"}
+    table = (tmp_path / "table.md").read_text()
+    assert "gradual" in table and "from scratch" not in table
+    assert (tmp_path / "val_loss.png").stat().st_size > 0
+
+
+def test_summarize_counts_only_finished_seeds():
+    def model(v: float) -> dict:
+        return {"final_val": v, "best_val": v - 1}
+
+    runs = {
+        "1": {
+            "models": {"gpt": model(2.0), "scratch": model(4.0)},
+            "after_conversion": dict(gpt=1.0, lam0=1.0, lam1=3.0),
+        },
+        "2": {"models": {"scratch": model(6.0)}},  # seed 2's chain has not finished
+    }
+    s = summarize(runs, [1, 2])
+    assert set(s) == {"gpt", "scratch", "after_conversion"}
+    assert s["gpt"]["final_val"] == {"mean": 2.0, "std": 0.0, "values": [2.0], "seeds": [1]}
+    assert s["scratch"]["best_val"] == {
+        "mean": 4.0,
+        "std": pytest.approx(math.sqrt(2)),
+        "values": [3.0, 5.0],
+        "seeds": [1, 2],
+    }
+    assert s["after_conversion"]["lam1"]["seeds"] == [1]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(s1=0), "s1 and s2"),
+        (dict(warmup=-1), "must be >= 0"),
+        (dict(jobs=0), "jobs .* must be a whole number >= 1"),
+        (dict(jobs=-2), "jobs"),
+        (dict(jobs=1.5), "jobs"),
+        (dict(jobs=True), "jobs"),
+        (dict(seeds=[]), "seeds must be a non-empty list"),
+        (dict(seeds=[1, "2"]), "seeds must be a non-empty list of whole numbers"),
+        (dict(seeds=[1, 1]), "seeds must be different"),
+        (dict(lr=0), "lr .* positive"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(lr=math.nan), "lr"),
+    ],
+)
+def test_compare_finetune_rejects_bad_settings(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        compare_finetune(**{**TINY_RUN, **kw}, out=tmp_path)
+    assert not (tmp_path / "results.json").exists()  # refused before any training
+
+
+def test_cli_finetune(tmp_path, capsys):
+    from babybitnet.cli import build_parser, main
+
+    args = build_parser().parse_args(["finetune", "--seeds", "1", "2", "3", "--lr", "1e-3", "--jobs", "6"])
+    assert (args.seeds, args.lr, args.jobs) == ([1, 2, 3], 1e-3, 6)
+    args = build_parser().parse_args(["finetune"])
+    assert (args.seeds, args.lr, args.jobs) == ([1337], None, 1)
+    assert main(["finetune", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "jobs" in capsys.readouterr().err
+    argv = ["finetune", "--s1", "2", "--s2", "2", "--warmup", "1", "--eval-iters", "1", "--device", "cpu"]
+    assert main([*argv, "--seeds", "4", "8", "--lr", "2e-3", "--out", str(tmp_path), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seeds"] == [4, 8] and saved["lr"] == 2e-3
+    assert saved["runs"]["8"]["models"]["abrupt"]["train_config"]["lr_stage2"] == 1e-3
+    assert "seeds 4, 8" in capsys.readouterr().out

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from babybitnet.data import load_dataset
-from babybitnet.gpt import GPT
+from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.presets import get_preset
 from babybitnet.train import TrainConfig, estimate_loss, lr_at, train, weight_decay_at
 
@@ -79,3 +79,35 @@ def test_two_stage_boundary_is_the_same_step_for_lr_and_weight_decay():
     c = TrainConfig(max_iters=3333, schedule="two_stage", lr=1.0, weight_decay=0.1, weight_decay_stage2=0.0)
     assert lr_at(1665, c) == 1.0 and weight_decay_at(1665, c) == 0.1  # int(0.5 * 3333) = 1666
     assert lr_at(1666, c) == 0.5 and weight_decay_at(1666, c) == 0.0
+
+
+def test_patience_stops_when_val_stops_improving():
+    # lr=0 and a val text of one repeated character: every estimate is exactly the same number,
+    # so val never beats its first value and patience=2 must stop after the second evaluation.
+    tok, train_data, _ = load_dataset()
+    val_data = torch.zeros(500, dtype=torch.long)
+    cfg = dict(max_iters=40, lr=0.0, eval_interval=5, eval_iters=1, batch_size=4)
+
+    def run(**kw) -> dict:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_embd=16, n_head=2, n_layer=1))
+        return train(model, train_data, val_data, TrainConfig(**cfg, **kw), progress=False)
+
+    r = run(patience=2)
+    assert r["stopped_early"] and r["stopped_step"] == 10 and r["history"]["step"] == [0, 5, 10]
+    assert len(set(r["history"]["val"])) == 1
+    r = run(patience=0)  # off: the whole run, every evaluation
+    assert not r["stopped_early"] and r["stopped_step"] == 40 and r["history"]["step"][-1] == 40
+    assert len(r["history"]["step"]) == 9
+    r = run(patience=8)  # would stop at step 40, which is the end anyway: not "early"
+    assert not r["stopped_early"] and r["stopped_step"] == 40
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
+
+
+def test_patience_does_not_stop_a_run_that_keeps_improving():
+    tok, train_data, val_data = load_dataset()
+    mcfg, tcfg = get_preset("quick", "bitnet", max_iters=60, eval_iters=4, patience=1)
+    torch.manual_seed(0)
+    r = train(GPT(mcfg), train_data, val_data, tcfg, progress=False)
+    assert not r["stopped_early"] and r["stopped_step"] == 60 and r["history"]["step"][-1] == 60
