@@ -113,10 +113,14 @@ class PackedBitLinear(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         if x.is_cuda and self.fmt == "2bit" and self.act_bits == 8 and _triton_available():
-            # on a GPU the Triton kernel decodes the packed bytes inside the matmul (lesson 13)
-            from babybitnet.triton_gemv import triton_packed_linear
+            # on a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13): the
+            # dp4a one, 4 weights per instruction, when rows are whole 16-weight words
+            if self.in_features % 16 == 0:
+                from babybitnet.triton_dp4a import dp4a_linear as gpu_linear
+            else:
+                from babybitnet.triton_gemv import triton_packed_linear as gpu_linear
 
-            y = triton_packed_linear(x, self.packed, self.scale, self.in_features)
+            y = gpu_linear(x, self.packed, self.scale, self.in_features)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
             y = int_linear(x, self.ternary_weight(), self.scale, self.act_bits)

@@ -55,10 +55,10 @@ if triton is not None:
     import triton.language as tl
 
 MAX_BLOCK_M = 16  # tokens per program
-DEFAULT_CONFIG = (16, 128, 4)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
-CONFIGS = (
-    (2, 512, 2), (4, 256, 2), (4, 512, 4), (8, 128, 2), (8, 256, 4), (8, 512, 8),
-    (16, 64, 2), (16, 128, 4), (16, 256, 8), (32, 64, 4), (32, 128, 8),
+DEFAULT_CONFIG = (8, 64, 2)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
+CONFIGS = (  # what bench_kernel tries per shape: small tiles and many programs suit batch 1, wider ones batch 8
+    (2, 64, 1), (4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (8, 128, 4),
+    (16, 64, 4), (16, 128, 8), (32, 64, 4), (32, 128, 4), (16, 256, 8), (16, 512, 4),
 )  # fmt: skip
 
 if triton is not None:
@@ -88,6 +88,37 @@ if triton is not None:
         return out
 
     @triton.jit
+    def _load_words(w_rows, q0, KW, n_ok, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, EVICT: tl.constexpr):
+        """The (BLOCK_N, BLOCK_W) int32 words of one step. Weights are read once: with EVICT the
+        caches are told to drop them first ("evict_first"); EVEN needs no masks."""
+        q = q0 + tl.arange(0, BLOCK_W)
+        policy: tl.constexpr = "evict_first" if EVICT else ""
+        if EVEN:
+            words = tl.load(w_rows + q[None, :], eviction_policy=policy)
+        else:
+            words = tl.load(
+                w_rows + q[None, :], mask=n_ok[:, None] & (q < KW)[None, :], other=0, eviction_policy=policy
+            )
+        return words
+
+    @triton.jit
+    def _step(
+        words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr
+    ):
+        """acc += codes * x and x_sum += x for one step of BLOCK_W words (16 * BLOCK_W inputs)."""
+        q = q0 + tl.arange(0, BLOCK_W)
+        for j in tl.static_range(4):
+            # plane j of the activations: the partners of bit pair j (missing inputs read as 0)
+            if EVEN:
+                xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None], other=0)
+            else:
+                xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None] & (q < KW)[None, :], other=0)
+            codes = (words >> (2 * j)) & 0x03030303  # 4 codes, one per byte: one shift, one and
+            acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
+            x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        return acc, x_sum
+
+    @triton.jit
     def ternary_gemv_dp4a_kernel(
         xw_ptr,  # (M, 4 * KW) int32: the int8 activations as 4 planes of KW words (prepare_activations)
         w_ptr,  # (N, KW) int32: the packed 2-bit weights read 16 at a time (KW = K / 16)
@@ -105,7 +136,8 @@ if triton is not None:
         BLOCK_W: tl.constexpr,  # words (16 weights each) per row per step
         USE_ASM: tl.constexpr,
         RESCALE: tl.constexpr,
-        EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
+        EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0: no masks needed
+        EVICT: tl.constexpr = True,  # load the weights with eviction_policy="evict_first"
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -113,35 +145,18 @@ if triton is not None:
         m_ok, n_ok = offs_m < M, offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)  # sum of code * x, per thread
         x_sum = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.int32)  # sum of x, to turn codes into weights
-        q = tl.arange(0, BLOCK_W)
         w_rows = w_ptr + offs_n[:, None] * stride_wn
         x_rows = xw_ptr + offs_m[:, None] * stride_xm
-        # prefetch: the next step's weights are requested before this step's arithmetic, so two
-        # steps of loads are in flight at once (the loop would otherwise wait for memory every step)
-        # Weights are read once: "evict_first" tells the caches not to keep them at the others' cost.
-        # EVEN (N and KW multiples of the blocks): no masks, and the last prefetch wraps round to word 0.
-        if EVEN:
-            nxt = tl.load(w_rows + q[None, :], eviction_policy="evict_first")
-        else:
-            nxt = tl.load(w_rows + q[None, :], mask=n_ok[:, None] & (q < KW)[None, :], other=0)
-        for q0 in range(0, KW, BLOCK_W):
+        # Software pipelining by hand: the next step's weights are requested before this step's
+        # arithmetic, so two steps of loads are in flight (else every step waits for memory).
+        # The last step is done after the loop, so nothing is ever loaded past the end.
+        last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
+        words = _load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN, EVICT)
+        for q0 in range(0, last, BLOCK_W):
+            nxt = _load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN, EVICT)
+            acc, x_sum = _step(words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
             words = nxt
-            q = q0 + tl.arange(0, BLOCK_W)
-            if EVEN:
-                q_next = (q0 + BLOCK_W) % KW + tl.arange(0, BLOCK_W)
-                nxt = tl.load(w_rows + q_next[None, :], eviction_policy="evict_first")
-            else:
-                q_next = q0 + BLOCK_W + tl.arange(0, BLOCK_W)
-                nxt = tl.load(w_rows + q_next[None, :], mask=n_ok[:, None] & (q_next < KW)[None, :], other=0)
-            for j in tl.static_range(4):
-                # plane j of the activations: the partners of bit pair j (missing inputs read as 0)
-                if EVEN:
-                    xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None], other=0)
-                else:
-                    xj = tl.load(x_rows + j * KW + q[None, :], mask=m_ok[:, None] & (q < KW)[None, :], other=0)
-                codes = (words >> (2 * j)) & 0x03030303  # 4 codes, one per byte: one shift, one and
-                acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
-                x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        acc, x_sum = _step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
         if RESCALE:
             s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
