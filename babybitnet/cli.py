@@ -172,13 +172,17 @@ def cmd_bench_matmul(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_kernel(args: argparse.Namespace) -> int:
-    from babybitnet.triton_gemv import bench_kernel, kernel_table
+    from babybitnet.triton_gemv import bench_kernel, kernel_table, run_once
 
     try:
         sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes)
     except ValueError:
         raise ValueError(f"--sizes takes shapes like 4096x4096 (N outputs x K inputs), got {args.sizes}") from None
     try:
+        if args.once:
+            labels = run_once(*sizes[0], args.batches[0])
+            print(f"ran {', '.join(labels)} 3 times each at {sizes[0][0]}x{sizes[0][1]}, M={args.batches[0]}")
+            return 0
         results = bench_kernel(sizes, tuple(args.batches), args.repeats)
     except RuntimeError as e:  # no CUDA GPU: one line, not a traceback
         raise ValueError(str(e)) from None
@@ -399,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="tokens M")
     bk.add_argument("--repeats", type=int, default=30, help="timed graph replays per contender")
     bk.add_argument("--out", default="runs/bench_kernel.json", help="JSON results file ('' for none)")
+    bk.add_argument(
+        "--once",
+        action="store_true",
+        help="no timing: run each kernel 3 times at the first size and batch, for a profiler "
+        '(ncu --clock-control none -k regex:"dp4a|ternary_gemv" python -m babybitnet bench kernel --once '
+        "--sizes 8192x8192)",
+    )
     bk.set_defaults(func=cmd_bench_kernel)
 
     sp = sub.add_parser(

@@ -356,7 +356,7 @@ def _configs(label: str, configs: tuple[Config, ...]) -> tuple[Config, ...]:
 
 
 def _triton_call(
-    label: str, x: torch.Tensor, pk: torch.Tensor, k: int, s_w: torch.Tensor, cfg: Config
+    label: str, x: torch.Tensor, pk: torch.Tensor, k: int, s_w: torch.Tensor, cfg: Config | None
 ) -> Callable[[], torch.Tensor]:
     """A no-argument call of Triton contender ``label`` on bf16 activations ``x`` (M, k) and packed weights ``pk``."""
     if label == "triton bf16 x, add-only":
@@ -486,6 +486,32 @@ def bench_kernel(
         "weights cycled over copies that add up to at least twice the L2 cache",
         "rows": rows,
     }
+
+
+def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -> list[str]:
+    """Run every contender of :func:`bench_kernel` ``calls`` times at one shape, untimed: for a profiler.
+
+    ``ncu --clock-control none -k regex:"dp4a|ternary_gemv" python -m babybitnet bench kernel --once``
+    then reads each kernel's hardware counters (memory and compute throughput, occupancy).
+    Each contender uses its default config. Returns the contenders' labels.
+    """
+    from babybitnet.packing import pack_2bit
+
+    _require_triton()
+    if not torch.cuda.is_available():
+        raise RuntimeError("run_once runs CUDA kernels: it needs a CUDA GPU (torch.cuda.is_available())")
+    gen = torch.Generator().manual_seed(0)
+    w_t = torch.randint(-1, 2, (n, k), generator=gen).to(torch.int8)
+    packed, w16 = pack_2bit(w_t).to(device), w_t.to(device, torch.bfloat16)
+    x = torch.randn(m, k, generator=gen).to(device, torch.bfloat16)
+    s_w = torch.tensor([0.5], device=device)
+    fns = {label: _triton_call(label, x, packed, k, s_w, None) for label in VARIANTS}  # None: each default config
+    fns["torch bf16"] = functools.partial(torch.matmul, x, w16.T)
+    for _ in range(calls):
+        for f in fns.values():
+            f()
+    torch.cuda.synchronize()
+    return list(fns)
 
 
 def kernel_table(results: dict) -> str:

@@ -188,6 +188,8 @@ def test_missing_triton_says_pip_install(monkeypatch):
 def test_bench_needs_cuda():
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         TG.bench_kernel()
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        TG.run_once(64, 64)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="times CUDA kernels")
@@ -196,6 +198,8 @@ def test_bench_on_gpu():
     assert [(row["n"], row["k"], row["m"]) for row in r["rows"]] == [(256, 320, 1), (256, 320, 3)]
     assert all(us > 0 for row in r["rows"] for us in row["us"].values())
     assert "triton int8 add-only" in TG.kernel_table(r)
+    assert "triton dp4a int8" in TG.kernel_table(r)
+    assert TG.run_once(256, 320) == [*TG.VARIANTS, "torch bf16"]
 
 
 def test_kernel_table():
