@@ -11,6 +11,10 @@ lessons; ``CausalSelfAttention`` computes the same thing with one matmul for
 every head's q, k and v and PyTorch's fused attention kernel, which is what
 the GPT uses (proven equal by the tests).
 
+For generation, ``CausalSelfAttention`` can keep a ``KVCache``: the keys and
+values of the tokens it has already seen, so that each new token computes
+only its own q, k, v instead of rerunning the whole context.
+
 Every class takes a ``linear`` factory, called as
 ``linear(in_features, out_features, bias=..., weight_groups=...)``, so the
 same code builds babyGPT (``nn.Linear``) and babyBitNet (``BitLinear``).
@@ -101,6 +105,31 @@ class MultiHeadAttention(nn.Module):
         return self.dropout(self.proj(out))
 
 
+class KVCache:
+    """One attention layer's keys and values of the tokens seen so far, for generation.
+
+    Generating token t+1 needs the keys and values of tokens 0..t, and those of
+    tokens 0..t-1 do not change when token t arrives (causal attention: a token
+    never looks ahead). So we keep them and compute only the new token's. ``k``
+    and ``v`` are (B, H, T_past, head_size), or None before the first call.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """T_past: how many tokens are cached (the position of the next one)."""
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new tokens' k, v (B, H, T_new, head_size); return all of them, past and new."""
+        # torch.cat copies the cache each step: simple, and cheap at block_size <= 256
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+
 class CausalSelfAttention(nn.Module):
     """``MultiHeadAttention`` in one matmul for q, k, v and one fused attention call.
 
@@ -127,12 +156,29 @@ class CausalSelfAttention(nn.Module):
         self.proj = linear(n_embd, n_embd)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, T, n_embd) -> (B, T, n_embd).
+
+        With a ``cache`` (generation), x holds only the new tokens: their k, v are
+        appended to the cache and their queries attend to every cached token.
+        """
         B, T, C = x.shape
         # (B, T, 3C) -> three (B, H, T, head_size) tensors
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        is_causal = True
+        if cache is not None:
+            if T > 1 and len(cache):
+                # is_causal=True would align the mask to the top left (query i sees keys 0..i), which is wrong
+                # once keys of past tokens come first; generation never needs it, so we do not build that mask
+                raise ValueError(
+                    f"a KV cache takes several new tokens only when empty (a prefill): got {T} new tokens "
+                    f"on top of {len(cache)} cached ones; feed them one at a time"
+                )
+            k, v = cache.append(k, v)
+            # one new token may look at every cached one (all are in its past): no mask needed
+            is_causal = T > 1
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout_p if self.training else 0.0, scale=self.scale
+            q, k, v, is_causal=is_causal, dropout_p=self.dropout_p if self.training else 0.0, scale=self.scale
         )
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.dropout(self.proj(y))

@@ -15,7 +15,8 @@ import time
 import torch
 
 from babybitnet.attention import MultiHeadAttention
-from babybitnet.data import get_batch, load_dataset
+from babybitnet.bitlinear import BitLinear
+from babybitnet.data import CharTokenizer, get_batch, load_dataset, load_text
 from babybitnet.gpt import GPT
 from babybitnet.presets import MODELS, build_model
 from babybitnet.train import make_optimizer, resolve_device
@@ -113,3 +114,134 @@ def bench_train(
         "ratio_bitnet_over_gpt": ms["bitnet"] / ms["gpt"],
         "ratio_bitnet_over_seed_gpt": ms["bitnet"] / ms["seed_gpt"],
     }
+
+
+GENERATE_MODELS = {"gpt": "babyGPT", "bitnet": "babyBitNet", "bitnet_packed": "packed babyBitNet"}
+
+
+def weight_shapes(model: GPT) -> dict[str, int]:
+    """The BitLinear weight matrices of a babyBitNet: 'NxK' (N outputs x K inputs, as ``bench kernel``) -> count."""
+    shapes: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            key = f"{m.out_features}x{m.in_features}"
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def bench_generate(
+    preset: str = "nanogpt",
+    tokens: int = 200,
+    prompt: str = "ROMEO:",
+    device: str = "cuda",
+    dtype: torch.dtype | str = torch.bfloat16,
+    repeats: int = 3,
+) -> dict:
+    """Tokens per second of greedy generation, batch 1, with the KV cache: babyGPT, babyBitNet, packed babyBitNet.
+
+    The models are freshly initialised (seeded), not trained: the time per token does not
+    depend on the weights' values. All three are cast to ``dtype`` (``model.to(dtype)``, as for
+    inference); the babyBitNet is packed (2 bits) after the cast, so both babyBitNets hold
+    the same ternary weights and scales. On a CUDA GPU the packed layers run the Triton kernel
+    of lesson 13; elsewhere they unpack and multiply in float (``int_linear``).
+
+    One warm-up generation each, then ``repeats`` interleaved rounds; we report the median
+    round. A round is one ``generate`` call: the prompt's prefill and ``tokens`` steps.
+    Past ``block_size`` tokens generation drops the cache (see ``GPT.generate``):
+    ``tokens_with_cache`` says how many steps had it.
+    """
+    from babybitnet.packed import PackedBitLinear, _triton_available, pack_model
+    from babybitnet.presets import build_model
+    from babybitnet.train import resolve_device
+
+    dev = resolve_device(device)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if tokens < 1 or repeats < 1:
+        raise ValueError(f"tokens and repeats must be at least 1, got {tokens} and {repeats}")
+    tok = CharTokenizer.from_text(load_text())
+    idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=dev)
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt must hold at least one character")
+    gpt, _ = build_model(preset, "gpt", tok.vocab_size)  # seeded: the same weights every run
+    bitnet, _ = build_model(preset, "bitnet", tok.vocab_size)
+    gpt, bitnet = (m.to(device=dev, dtype=dtype).eval() for m in (gpt, bitnet))
+    # .to(dtype) again: pack_model builds the norms inside PackedBitLinear in float32
+    models = {"gpt": gpt, "bitnet": bitnet, "bitnet_packed": pack_model(bitnet, "2bit").to(dtype)}
+    layers = [m for m in models["bitnet_packed"].modules() if isinstance(m, PackedBitLinear)]
+    if dev.type == "cuda" and _triton_available():
+        kernel = "triton dp4a" if all(m.in_features % 16 == 0 for m in layers) else "triton (dp4a and gemv)"
+    else:
+        kernel = "int_linear (unpack, then a float matmul)"
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(name: str) -> tuple[float, torch.Tensor]:
+        sync()
+        t0 = time.perf_counter()
+        out = models[name].generate(idx, tokens, temperature=0, use_cache=True)
+        sync()
+        return time.perf_counter() - t0, out
+
+    outputs = {name: run(name)[1] for name in models}  # warm-up (and the Triton compilation)
+    rounds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name in models:
+            seconds, outputs[name] = run(name)
+            rounds[name].append(seconds)
+    results = {}
+    for name in models:
+        seconds = statistics.median(rounds[name])
+        results[name] = {
+            "tokens_per_s": tokens / seconds,
+            "ms_per_token": 1000 * seconds / tokens,
+            "rounds_s": rounds[name],
+            "text": tok.decode(outputs[name][0]),
+        }
+    block_size = gpt.config.block_size
+    return {
+        "preset": preset,
+        "machine": machine_info(dev),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": 1,
+        "prompt": prompt,
+        "tokens": tokens,
+        "repeats": repeats,
+        "weights": "random init (seeded): speed does not depend on the values",
+        "block_size": block_size,
+        "tokens_with_cache": max(0, min(tokens, block_size - idx.shape[1] + 1)),
+        "kernel": kernel,
+        "weight_shapes": weight_shapes(bitnet),
+        "params": {"gpt": gpt.num_params(), "bitnet": bitnet.num_params()},
+        "models": results,
+        "ratio_packed_over_gpt": results["bitnet_packed"]["tokens_per_s"] / results["gpt"]["tokens_per_s"],
+        "ratio_packed_over_bitnet": results["bitnet_packed"]["tokens_per_s"] / results["bitnet"]["tokens_per_s"],
+        "same_tokens": bool(torch.equal(outputs["bitnet"], outputs["bitnet_packed"])),
+    }
+
+
+def generate_table(r: dict) -> str:
+    """Markdown: tokens/s and ms/token of each model, the ratios, and what was measured."""
+    gpt = r["models"]["gpt"]["tokens_per_s"]
+    lines = [
+        f"greedy generation, batch 1, {r['tokens']} tokens after {r['prompt']!r}, KV cache, {r['dtype']}, "
+        f"preset {r['preset']!r} on {describe(r['machine'])}",
+        "",
+        "| model | tokens/s | ms/token | vs babyGPT |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, label in GENERATE_MODELS.items():
+        m = r["models"][name]
+        lines.append(
+            f"| {label} | {m['tokens_per_s']:,.1f} | {m['ms_per_token']:.3f} | {m['tokens_per_s'] / gpt:.2f}x |"
+        )
+    shapes = ", ".join(f"{s} ({n}x)" for s, n in r["weight_shapes"].items())
+    lines += [
+        "",
+        f"packed layers: {r['kernel']}; ternary weight matrices (outputs x inputs): {shapes}",
+        f"packed and unpacked babyBitNet generate the same tokens: {r['same_tokens']}",
+        f"{r['tokens_with_cache']} of {r['tokens']} steps used the KV cache (block_size {r['block_size']}); "
+        f"median of {r['repeats']} interleaved rounds; {r['weights']}",
+    ]
+    return "\n".join(lines)

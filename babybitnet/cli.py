@@ -4,7 +4,7 @@ compare   train babyGPT and babyBitNet side by side and compare them
 train     train one model and save a checkpoint
 sample    generate text from a checkpoint (``--packed``: from a packed model file)
 pack      pack a babyBitNet checkpoint's ternary weights into 2 or 1.6 bits per weight (safetensors)
-bench     time and measure things side by side (``bench train``, ``memory``, ``matmul``, ``kernel``)
+bench     time and measure things side by side (``bench train``, ``memory``, ``matmul``, ``kernel``, ``generate``)
 check     grade your exercises of a lesson (``check 3``)
 lessons   regenerate lessons/ from solutions/ (course authors; ``--check`` only compares)
 ablate    train every variant of a study over several seeds and report mean +- std
@@ -188,6 +188,18 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
         raise ValueError(str(e)) from None
     print(kernel_table(results))
     write_json(args.out, results)
+    return 0
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from babybitnet.bench import bench_generate, generate_table
+    from babybitnet.train import resolve_device
+
+    dev = resolve_device(args.device)
+    dtype = args.dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    r = bench_generate(args.preset, args.tokens, args.prompt, str(dev), dtype, args.repeats)
+    print(generate_table(r))
+    write_json(args.out, r)
     return 0
 
 
@@ -411,6 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--sizes 8192x8192)",
     )
     bk.set_defaults(func=cmd_bench_kernel)
+    bg = bsub.add_parser(
+        "generate",
+        help="tokens/s of greedy generation (KV cache, batch 1): babyGPT vs babyBitNet vs packed babyBitNet",
+        description="Time greedy generation with the KV cache, batch 1, the same prompt, of babyGPT, babyBitNet "
+        "and the 2-bit packed babyBitNet (on a CUDA GPU: the Triton kernel) of a preset, freshly initialised "
+        "(seeded; speed does not depend on the weights). Prints a table and writes JSON.",
+        formatter_class=fmt,
+    )
+    bg.add_argument("--preset", choices=sorted(PRESETS), default="nanogpt", help="model size")
+    bg.add_argument("--tokens", type=int, default=200, help="new tokens per generation")
+    bg.add_argument("--prompt", default="ROMEO:", help="text to continue")
+    bg.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, mps, cpu")
+    bg.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="the models' dtype (default: bfloat16 on CUDA, else float32)",
+    )
+    bg.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per model (median reported)")
+    bg.add_argument("--out", default="runs/bench_generate.json", help="JSON results file ('' for none)")
+    bg.set_defaults(func=cmd_bench_generate)
 
     sp = sub.add_parser(
         "ablate",

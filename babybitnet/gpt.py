@@ -9,6 +9,11 @@ linear head that scores the next character.
 comes from: ``"fp"`` builds babyGPT with ``nn.Linear``, ``"bitnet"`` builds
 babyBitNet with ``BitLinear``. The embeddings and ``lm_head`` stay full
 precision in both, as in the paper and the seed project.
+
+``GPT.generate`` keeps a KV cache (``babybitnet.attention.KVCache``, one per
+block): the prompt runs through the model once, then each step feeds only
+the newest token, so every linear layer multiplies a single row (a GEMV),
+the case the packed kernels of lessons 12 and 13 are built for.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babybitnet.attention import CausalSelfAttention, LinearFactory, full_precision_linear
+from babybitnet.attention import CausalSelfAttention, KVCache, LinearFactory, full_precision_linear
 from babybitnet.bitlinear import BitLinear
 
 LINEAR_KINDS = ("fp", "bitnet")
@@ -97,8 +102,10 @@ class Block(nn.Module):
         self.ln2 = norm()
         self.mlp = MLP(config, linear)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # without a cache, call attn(x) exactly as before: a swapped-in attention (lessons) needs no cache argument
+        h = self.ln1(x)
+        x = x + (self.attn(h) if cache is None else self.attn(h, cache=cache))
         return x + self.mlp(self.ln2(x))
 
 
@@ -126,20 +133,40 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def new_cache(self) -> list[KVCache]:
+        """An empty KV cache for ``forward(..., cache=)``: one ``KVCache`` per block."""
+        return [KVCache() for _ in self.blocks]
+
+    def supports_cache(self) -> bool:
+        """Whether every block is our ``Block`` with our ``CausalSelfAttention`` (lessons swap in their own)."""
+        return all(isinstance(b, Block) and isinstance(b.attn, CausalSelfAttention) for b in self.blocks)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) int64 token ids, T <= block_size. Returns logits (B, T, vocab) and the mean
-        cross-entropy against ``targets`` (B, T), or None without targets."""
+        cross-entropy against ``targets`` (B, T), or None without targets.
+
+        ``cache`` (from ``new_cache()``, for generation): idx holds only the tokens after the cached
+        ones, so their positions start at the cache's length, and their keys and values are added to
+        it. Several tokens at once only into an empty cache (the prompt); then one at a time.
+        """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache)} layers, the model {len(self.blocks)}: use model.new_cache()")
+        past = 0 if cache is None else len(cache[0])
+        if past + T > self.config.block_size:
+            cached = f" on top of {past} cached ones" if past else ""
+            raise ValueError(
+                f"sequence of length {T}{cached} is longer than block_size={self.config.block_size}"
+                + (": the position embedding has no room for more" if past else "")
+            )
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x) if cache is None else block(x, cache=cache[i])
         logits = self.lm_head(self.ln_f(x))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
@@ -152,12 +179,32 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens to idx (B, T); ``temperature=0`` is greedy."""
+        """Append ``max_new_tokens`` sampled tokens to idx (B, T); ``temperature=0`` is greedy.
+
+        ``use_cache``: keep a KV cache, so that each step runs only the newest token through
+        the model. It gives the same tokens as ``use_cache=False`` (up to float rounding) as long
+        as the sequence fits in ``block_size``. Past that, the model sees only the last
+        ``block_size`` tokens, at positions 0..block_size-1: every step shifts every token's
+        position, so every cached key and value (computed at the old positions) is stale. We then
+        drop the cache and rerun the last ``block_size`` tokens each step, as without a cache.
+        """
         was_training = self.training
-        self.eval()
+        self.eval()  # dropout off
+        block_size = self.config.block_size
+        use_cache = use_cache and self.supports_cache()
+        cache = None
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size :])  # the model sees at most block_size tokens
+            if use_cache and idx.shape[1] <= block_size:
+                if cache is None:  # prefill: the whole prompt at once
+                    cache = self.new_cache()
+                    logits, _ = self(idx, cache=cache)
+                else:  # the cache holds every token but the newest
+                    logits, _ = self(idx[:, -1:], cache=cache)
+            else:
+                cache = None  # past block_size (or no cache asked for): the sliding window, no cache
+                logits, _ = self(idx[:, -block_size:])  # the model sees at most block_size tokens
             logits = logits[:, -1, :]
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
