@@ -239,7 +239,18 @@ def cmd_ladder(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from babybitnet.bench import describe
-    from babybitnet.finetune import compare_finetune, markdown_table
+    from babybitnet.finetune import compare_finetune, finetune_checkpoint, markdown_table
+
+    if args.checkpoint:  # fine-tune the learner's own babyGPT
+        out = args.out if args.out.endswith(".pt") else str(Path(args.out) / "finetuned.pt")
+        r = finetune_checkpoint(
+            args.checkpoint, out, args.s2, args.warmup, args.lr, args.device, args.text,
+            args.drop_biases, args.eval_iters, args.seeds[0], not args.quiet,
+        )  # fmt: skip
+        b, a = r["before"], r["after"]
+        print(f"babyGPT {b['gpt']:.4f} -> converted at lambda=1 {b['converted, lam=1']:.4f} -> fine-tuned ", end="")
+        print(f"{a['final_val']:.4f} (best {a['best_val']:.4f}) val loss; wrote {out} and {out}.json")
+        return 0
 
     r = compare_finetune(
         args.s1,
@@ -483,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with the mean +- std over seeds in the table.",
         formatter_class=fmt,
     )
+    sp.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a trained babyGPT checkpoint (from `train --model gpt`, bias=False or --drop-biases): fine-tune "
+        "it alone for S2 steps and write a babyBitNet checkpoint to OUT (a .pt path, or OUT/finetuned.pt); "
+        "without it, run the whole comparison",
+    )
+    sp.add_argument("--drop-biases", action="store_true", help="with CHECKPOINT: drop biases BitLinear has no room for")
     sp.add_argument("--s1", type=int, default=2500, help="babyGPT (full-precision) steps")
     sp.add_argument("--s2", type=int, default=2500, help="fine-tuning steps after the conversion")
     sp.add_argument("--warmup", type=int, default=1000, help="steps over which lambda goes from 0 to 1")

@@ -30,6 +30,7 @@ weights adapt to it, until at ``lam = 1`` the model is a plain babyBitNet.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -314,6 +315,64 @@ def _run_task(kind: str, seed: int, settings: dict) -> tuple[str, int, dict]:
 def _one_thread() -> None:
     """Worker initializer: several runs side by side are fastest with one thread each."""
     torch.set_num_threads(1)
+
+
+def finetune_checkpoint(
+    path: str | Path,
+    out: str | Path,
+    s2: int = 2500,
+    warmup: int = 1000,
+    lr: float | None = None,
+    device: str = "auto",
+    text: str | Path | None = None,
+    drop_biases: bool = False,
+    eval_iters: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune YOUR trained babyGPT: load the checkpoint ``path``, convert it, fine-tune, save a babyBitNet.
+
+    The checkpoint must hold a babyGPT (``linear="fp"``) trained on the same text (its tokenizer
+    must match). The fine-tune is :func:`finetune` with babyBitNet's recipe schedule over ``s2``
+    steps at peak ``lr`` (None: the recipe's 3e-3; stage 2 at half), the checkpoint's batch size
+    if it recorded one. Writes the babyBitNet checkpoint to ``out`` (``sample`` and ``pack`` take
+    it) and ``out.json`` with the val loss before (the babyGPT), right after the conversion at
+    ``lam = 1``, and after fine-tuning.
+    """
+    from babybitnet.checkpoint import load_checkpoint, save_checkpoint
+    from babybitnet.data import load_dataset
+    from babybitnet.presets import get_preset
+    from babybitnet.train import resolve_device
+
+    dev = resolve_device(device)
+    gpt, ckpt_tok, meta = load_checkpoint(path, dev)
+    if gpt.config.linear != "fp":
+        raise ValueError(f"{path} holds a babyBitNet already (linear={gpt.config.linear!r}); give a babyGPT checkpoint")
+    tok, train_data, val_data = load_dataset(text)
+    if ckpt_tok.to_dict() != tok.to_dict():
+        raise ValueError(
+            f"{path} was trained with another vocabulary ({ckpt_tok.vocab_size} characters) than "
+            f"{text or 'Tiny Shakespeare'} ({tok.vocab_size}): pass the same --text it was trained on"
+        )
+    bitnet = to_bitnet(gpt, drop_biases=drop_biases)
+    overrides = {"seed": seed, "eval_iters": eval_iters, "batch_size": meta.get("train_config", {}).get("batch_size")}
+    lrs = {} if lr is None else {"lr": lr, "lr_stage2": lr / 2}
+    _, cfg = get_preset("recipe", "bitnet", tok.vocab_size, max_iters=s2, **overrides, **lrs)
+    before = {"gpt": val_loss(gpt, val_data, cfg, dev)}
+    set_quant_strength(bitnet, 1.0)
+    before["converted, lam=1"] = val_loss(bitnet, val_data, cfg, dev)
+    r = finetune(bitnet, train_data, val_data, cfg, warmup, dev, progress=progress, desc="finetune")
+    summary = {
+        "checkpoint": str(path),
+        "warmup": warmup,
+        "lr": cfg.lr,
+        "before": before,
+        "after": {"final_val": r["final_val"], "best_val": r["best_val"]},
+        "train_config": cfg.to_dict(),
+    }
+    out = save_checkpoint(out, bitnet, tok, {**summary, "finetuned_from": str(path)})
+    Path(str(out) + ".json").write_text(json.dumps({**summary, "history": r["history"]}, indent=2))
+    return summary
 
 
 def compare_finetune(

@@ -396,3 +396,51 @@ def test_cli_finetune(tmp_path, capsys):
     assert saved["seeds"] == [4, 8] and saved["lr"] == 2e-3
     assert saved["runs"]["8"]["models"]["abrupt"]["train_config"]["lr_stage2"] == 1e-3
     assert "seeds 4, 8" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fine-tuning a checkpoint
+def _gpt_checkpoint(tmp_path, bias: bool = False, linear: str = "gpt"):
+    from babybitnet.checkpoint import save_checkpoint
+    from babybitnet.data import load_dataset
+    from babybitnet.presets import build_model
+
+    tok, _, _ = load_dataset()
+    model, cfg = build_model("quick", linear, tok.vocab_size, {"bias": bias}, max_iters=5)
+    return save_checkpoint(tmp_path / f"{linear}.pt", model, tok, {"train_config": cfg.to_dict()})
+
+
+def test_finetune_checkpoint_writes_a_bitnet(tmp_path):
+    from babybitnet.checkpoint import load_checkpoint
+    from babybitnet.finetune import finetune_checkpoint
+
+    path = _gpt_checkpoint(tmp_path)
+    r = finetune_checkpoint(path, tmp_path / "ft.pt", s2=6, warmup=3, lr=1e-3, eval_iters=2, progress=False)
+    assert r["lr"] == 1e-3 and r["train_config"]["lr_stage2"] == 5e-4
+    assert r["train_config"]["batch_size"] == 16  # the checkpoint's own
+    assert r["before"]["converted, lam=1"] != r["before"]["gpt"]
+    model, _, meta = load_checkpoint(tmp_path / "ft.pt")
+    assert model.config.linear == "bitnet" and meta["finetuned_from"] == str(path)
+    assert (tmp_path / "ft.pt.json").exists()
+
+
+def test_finetune_checkpoint_errors(tmp_path):
+    from babybitnet.finetune import finetune_checkpoint
+
+    with pytest.raises(ValueError, match="babyBitNet already"):
+        finetune_checkpoint(_gpt_checkpoint(tmp_path, linear="bitnet"), tmp_path / "a.pt", s2=2, progress=False)
+    with pytest.raises(ValueError, match="biases"):
+        finetune_checkpoint(_gpt_checkpoint(tmp_path, bias=True), tmp_path / "b.pt", s2=2, progress=False)
+    other = tmp_path / "abc.txt"
+    other.write_text("abcabcabc " * 2000, encoding="utf-8")
+    with pytest.raises(ValueError, match="vocabulary"):
+        finetune_checkpoint(_gpt_checkpoint(tmp_path), tmp_path / "c.pt", s2=2, text=other, progress=False)
+
+
+def test_cli_finetune_checkpoint(tmp_path, capsys):
+    from babybitnet.cli import main
+
+    path = _gpt_checkpoint(tmp_path)
+    out = tmp_path / "ft.pt"
+    args = ["finetune", str(path), "--s2", "4", "--warmup", "2", "--eval-iters", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "converted at lambda=1" in capsys.readouterr().out and out.exists()
