@@ -563,12 +563,14 @@ print(generate_table(measured("bench_generate")))
 # weights the logits are nearly tied, and the kernel rounds the rescale in a
 # different order.
 #
-# What would go further (not done here): split the K axis over more programs
-# (more loads in flight; needs a second pass or atomics to add the parts),
-# overlap a kernel's start with the previous kernel's end (Hopper's
-# programmatic dependent launch), a CUDA C++ kernel with explicit
-# asynchronous copies (the BitNet team's W2A8 kernel reports 1.27x to 3.63x
-# bf16 on an A100), and look-up tables (lesson 12) for the activations.
+# Two obvious next steps were tried on the H100 and were *slower*, so they are
+# not in the package: prefetching two or three steps ahead instead of one, and
+# splitting K over more programs that add their parts with integer atomics
+# (exact, but the atomics cost more than the extra programs gained). What
+# could still go further: overlapping a kernel's start with the previous
+# kernel's end (Hopper's programmatic dependent launch), a CUDA C++ kernel
+# with explicit asynchronous copies (the BitNet team's W2A8 kernel reports
+# 1.27x to 3.63x bf16 on an A100), and fusing the quantizer into the GEMV.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
