@@ -34,6 +34,21 @@ from babybitnet.train import TrainConfig
 
 MODELS = ("gpt", "bitnet")
 SEED_SIZE = dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0)  # the seed project's model
+# nanoGPT's train_shakespeare_char model, and its step budget
+NANOGPT_SIZE = dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False)
+NANOGPT_BUDGET = dict(batch_size=64, max_iters=5000, eval_interval=250, eval_iters=200)
+# The recipe's schedule (lesson 10): two stages, weight decay off in stage 2, beta2 0.95, babyBitNet's peaks
+RECIPE_SCHEDULE = dict(
+    schedule="two_stage",
+    warmup_iters=100,
+    lr=3e-3,
+    lr_stage2=1.5e-3,
+    min_lr=1e-4,
+    weight_decay=0.1,
+    weight_decay_stage2=0.0,
+    beta2=0.95,
+)
+RECIPE_GPT = {"train": dict(lr=1e-3, lr_stage2=5e-4)}  # babyGPT's best peak in the sweep
 
 # Each preset: settings shared by both models, then per-model overrides.
 PRESETS: dict[str, dict] = {
@@ -51,30 +66,14 @@ PRESETS: dict[str, dict] = {
     },
     "recipe": {
         "model": dict(SEED_SIZE, attn_scale="head", activation="relu2"),
-        "train": dict(
-            batch_size=16,
-            max_iters=5000,
-            eval_interval=100,
-            eval_iters=200,
-            schedule="two_stage",
-            warmup_iters=100,
-            lr=3e-3,
-            lr_stage2=1.5e-3,
-            min_lr=1e-4,
-            weight_decay=0.1,
-            weight_decay_stage2=0.0,
-            beta2=0.95,
-        ),
-        "gpt": {"train": dict(lr=1e-3, lr_stage2=5e-4)},  # babyGPT's best peak in the sweep
+        "train": dict(batch_size=16, max_iters=5000, eval_interval=100, eval_iters=200, **RECIPE_SCHEDULE),
+        "gpt": RECIPE_GPT,
         "bitnet": {},
     },
     "nanogpt": {
-        "model": dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False),
+        "model": NANOGPT_SIZE,
         "train": dict(
-            batch_size=64,
-            max_iters=5000,
-            eval_interval=250,
-            eval_iters=200,
+            **NANOGPT_BUDGET,
             schedule="cosine",
             warmup_iters=100,
             min_lr=1e-4,
@@ -87,26 +86,11 @@ PRESETS: dict[str, dict] = {
         "gpt": {},
         "bitnet": {"model": dict(bitlinear_norm=True)},
     },
-    "nanogpt_recipe": {
-        "model": dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False, activation="relu2"),
-        "train": dict(
-            batch_size=64,
-            max_iters=5000,
-            eval_interval=250,
-            eval_iters=200,
-            schedule="two_stage",
-            warmup_iters=100,
-            lr=1e-3,
-            lr_stage2=5e-4,
-            min_lr=1e-4,
-            weight_decay=0.1,
-            weight_decay_stage2=0.0,
-            decay_all=False,
-            beta2=0.95,
-            grad_clip=1.0,
-        ),
-        "gpt": {},
-        "bitnet": {"train": dict(lr=3e-3, lr_stage2=1.5e-3)},
+    "nanogpt_recipe": {  # nanoGPT's size and budget (with its clipping and matrix-only decay), the recipe's schedule
+        "model": dict(NANOGPT_SIZE, activation="relu2"),
+        "train": dict(**NANOGPT_BUDGET, **RECIPE_SCHEDULE, decay_all=False, grad_clip=1.0),
+        "gpt": RECIPE_GPT,
+        "bitnet": {},
     },
 }
 
