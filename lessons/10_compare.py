@@ -149,7 +149,7 @@ plt.show()
 # %% [markdown]
 # ## 2. The recipe
 #
-# The `recipe` preset (`babybitnet/presets.py`) keeps everything the issue
+# The `recipe` preset (`babybitnet/presets.py`) keeps everything the comparison
 # fixed (the seed's size, 64 x 4 heads x 4 layers, context 32, batch 16,
 # 5,000 steps, the same data and seed) and changes how babyBitNet is built
 # and trained:
