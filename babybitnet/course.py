@@ -94,6 +94,25 @@ class LessonFile:
         return [c for c in self.cells if c.kind == "code" and tag in c.tags]
 
 
+def show_markdown(text: str) -> None:
+    """Show ``text`` (a markdown table, say) rendered in a notebook, and as plain text anywhere else.
+
+    Lessons print their result tables with it: in Jupyter and on the course site they read as
+    tables; ``python lessons/NN_slug.py`` prints the same markdown source.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # no IPython: a plain script
+        print(text)
+        return
+    shell = get_ipython()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel
+        display(Markdown(text))
+    else:
+        print(text)
+
+
 def parse_cells(text: str) -> LessonFile:
     """Split a percent file into its header and cells, keeping every line so it can be written back unchanged."""
     lines = text.split("\n")

@@ -434,10 +434,11 @@ plt.show()
 # they end.
 
 # %%
+from babybitnet.course import show_markdown
 from babybitnet.ladder import ladder, markdown_table
 
 short = ladder(iters=300, device="cpu", eval_iters=20, progress=False)
-print(markdown_table(short))
+show_markdown(markdown_table(short))
 
 fig, ax = plt.subplots(figsize=(8, 4))
 for r in short["rungs"].values():

@@ -319,10 +319,11 @@ plt.show()
 
 # %%
 from babybitnet.ablation import markdown_table
+from babybitnet.course import show_markdown
 
 ablation = measured("ablation")
 print(f"ablation: {ablation['seeds']} seeds, on {describe(ablation['machine'])}\n")
-print(markdown_table(ablation["summary"]))
+show_markdown(markdown_table(ablation["summary"]))
 
 rows = [r for r in ablation["summary"] if r["model"] == "bitnet" and r["variant"] != "recipe preset"]
 fig, ax = plt.subplots(figsize=(8, 3.6))

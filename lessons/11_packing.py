@@ -358,6 +358,7 @@ print(
 # base-3 packed files (`save_packed`, below), then measures the files.
 
 # %%
+from babybitnet.course import show_markdown
 from babybitnet.packed import memory_report, memory_table
 
 live = memory_report("seed")
@@ -365,7 +366,7 @@ print(
     f"seed preset: {live['params']:,} parameters, {live['ternary_weights']:,} of them ternary "
     f"in {live['bitlinear_layers']} BitLinear layers, {live['full_precision_params']:,} full precision\n"
 )
-print(memory_table([live]))
+show_markdown(memory_table([live]))
 
 # %% [markdown]
 # The same report for the seed size and for nanoGPT's size (6 layers of
@@ -378,7 +379,7 @@ from babybitnet.compare import measured
 
 bench = measured("bench_memory")
 print(f"`{bench['command']}`\n")
-print(memory_table(bench["reports"]))
+show_markdown(memory_table(bench["reports"]))
 same = all(live["formats"][f]["bytes"] == bench["reports"][0]["formats"][f]["bytes"] for f in ("2bit", "base3"))
 print("\nthe live seed report has the same packed file sizes:", same)
 

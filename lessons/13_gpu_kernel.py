@@ -531,8 +531,9 @@ for row in bench["rows"]:
 
 # %%
 from babybitnet.bench import generate_table
+from babybitnet.course import show_markdown
 
-print(generate_table(measured("bench_generate")))
+show_markdown(generate_table(measured("bench_generate")))
 
 # %% [markdown]
 # The packed babyBitNet is faster than the unpacked one (which quantizes its
@@ -572,7 +573,7 @@ from babybitnet.compare import NAMES, markdown_table
 
 nano = measured("compare_nanogpt")
 print(f"`{nano['command']}` on {describe(nano['machine'])}\n")
-print(markdown_table(nano))
+show_markdown(markdown_table(nano))
 for key, r in nano["models"].items():
     print(
         f"{NAMES[key]:10} {r['params']:,} parameters, {r['seconds']:.0f} s in all including compilation "
@@ -624,7 +625,7 @@ plt.show()
 # %%
 recipe = measured("compare_nanogpt_recipe")
 print(f"`{recipe['command']}` on {describe(recipe['machine'])}\n")
-print(markdown_table(recipe))
+show_markdown(markdown_table(recipe))
 gap = recipe["models"]["bitnet"]["best_val"] - recipe["models"]["gpt"]["best_val"]
 print(
     f"babyBitNet - babyGPT, best val: {gap:+.4f} (nanogpt preset: "

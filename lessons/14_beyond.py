@@ -295,12 +295,13 @@ plt.show()
 # rate 3e-3, once at 1e-3. Mean +- standard deviation over the seeds:
 
 # %%
+from babybitnet.course import show_markdown
 from babybitnet.finetune import markdown_table as finetune_table
 
 ft_low = measured("finetune_lr1e-3")
 for run in (ft, ft_low):
     print(f"fine-tune peak LR {run['lr']:g}: `{run['command']}`\non {describe(run['machine'])}\n")
-    print(finetune_table(run))
+    show_markdown(finetune_table(run))
 
 # %% [markdown]
 # The curves (mean of the three seeds at every evaluation), and the final val
@@ -413,7 +414,7 @@ sc_run = measured("scale")
 print(f"`{sc_run['command']}`: {sc_run['note']}")
 print(f"on {describe(sc_run['machine'])}; {sc_run['tokens_per_run'] / 1e6:.1f}M characters per run, ", end="")
 print(f"about {sc_run['tokens_per_run'] / sc_run['data_chars']:.0f} times the whole text\n")
-print(scale_study.markdown_table(sc_run))
+show_markdown(scale_study.markdown_table(sc_run))
 
 # %%
 rows = sc_run["summary"]

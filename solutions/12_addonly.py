@@ -459,10 +459,11 @@ for label, (x, w) in cases.items():
 
 # %%
 from babybitnet.addonly import bench_matmul, matmul_table
+from babybitnet.course import show_markdown
 
 t0 = time.perf_counter()
 live = bench_matmul(sizes=(1024,), batches=(1,), repeats=10)
-print(matmul_table(live))
+show_markdown(matmul_table(live))
 print(f"\n({time.perf_counter() - t0:.1f} s)")
 
 # %% [markdown]
@@ -476,7 +477,7 @@ from babybitnet.compare import measured
 
 shipped = measured("bench_matmul")
 print(f"`{shipped['command']}`\n")
-print(matmul_table(shipped))
+show_markdown(matmul_table(shipped))
 
 # %%
 N_PLOT = 4096
