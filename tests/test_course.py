@@ -485,3 +485,18 @@ def test_plain_pytest_leaves_the_graders_out_unless_asked():
     if (ROOT / "tests" / "exercises" / "test_lesson01.py").exists():
         assert "tests/exercises/test_lesson01.py" in collected("-m", "lesson01")
         assert "tests/exercises/test_lesson01.py" in collected("--lessons-dir", "solutions", "-m", "lesson01")
+
+
+def test_show_markdown_prints_outside_a_notebook(capsys, monkeypatch):
+    course.show_markdown("| a | b |\n|---|---|\n| 1 | 2 |")
+    assert capsys.readouterr().out == "| a | b |\n|---|---|\n| 1 | 2 |\n"
+    shown = []
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    ipython = pytest.importorskip("IPython")
+    monkeypatch.setattr(ipython, "get_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    course.show_markdown("| x |")
+    assert capsys.readouterr().out == "" and [type(o).__name__ for o in shown] == ["Markdown"]
