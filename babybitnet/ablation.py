@@ -127,6 +127,21 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_thread() -> None:
+    """Worker initializer: several CPU runs side by side are fastest with one thread each."""
+    torch.set_num_threads(1)
+
+
+def worker_pool(jobs: int, one_thread: bool = True) -> ProcessPoolExecutor:
+    """``jobs`` worker processes for independent training runs (``ablate``, ``finetune``, ``scale``).
+
+    Fresh interpreters ("spawn"), so no worker inherits the parent's thread pools or CUDA
+    context; with ``one_thread`` each worker uses one CPU thread (CPU runs side by side).
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread if one_thread else None)
+
+
 def ablate(
     study: str = "ablation",
     seeds: int = 3,
@@ -178,9 +193,7 @@ def ablate(
         for v, s in tasks:
             record(run_one(v, s, overrides, text))
     else:
-        # fresh interpreters ("spawn"), so no worker inherits the parent's thread pools
-        ctx = torch.multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with worker_pool(jobs) as pool:
             futures = [pool.submit(run_one, v, s, overrides, text) for v, s in tasks]
             for f in as_completed(futures):
                 record(f.result())

@@ -312,11 +312,6 @@ def _run_task(kind: str, seed: int, settings: dict) -> tuple[str, int, dict]:
     return kind, seed, TASKS[kind](seed, settings)
 
 
-def _one_thread() -> None:
-    """Worker initializer: several runs side by side are fastest with one thread each."""
-    torch.set_num_threads(1)
-
-
 def finetune_checkpoint(
     path: str | Path,
     out: str | Path,
@@ -409,10 +404,11 @@ def compare_finetune(
     with the val loss of babyGPT and of the converted model at ``lam = 0`` and ``lam = 1``) and
     ``summary`` (see :func:`summarize`).
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
 
+    from babybitnet.ablation import worker_pool
     from babybitnet.bench import machine_info
     from babybitnet.presets import get_preset
     from babybitnet.train import resolve_device
@@ -477,9 +473,7 @@ def compare_finetune(
             record(*_run_task(kind, seed, settings))
         return results
 
-    # fresh interpreters ("spawn"), so no worker inherits this process's thread pools
-    ctx = torch.multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread)
+    pool = worker_pool(jobs)
     bar = tqdm(total=len(tasks), desc=f"finetune ({jobs} jobs)", disable=not progress, dynamic_ncols=True)
     try:
         futures = [pool.submit(_run_task, kind, seed, settings) for kind, seed in tasks]

@@ -43,12 +43,13 @@ every finished run the study rewrites ``results.json``, ``table.md`` and
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from babybitnet.ablation import worker_pool
 from babybitnet.bench import describe, machine_info
 from babybitnet.compare import NAMES, run_record, write_results
 from babybitnet.data import load_dataset
@@ -244,11 +245,6 @@ def task_devices(device: torch.device, n_tasks: int, n_gpus: int | None = None) 
     return [f"cuda:{i % n_gpus}" for i in range(n_tasks)]
 
 
-def _one_thread() -> None:
-    # CPU workers side by side: one thread each is fastest and leaves the cores to the others
-    torch.set_num_threads(1)
-
-
 # What must match for a resumed study to mix its old and new runs.
 RESUME_KEYS = ("iters", "data", "seed", "eval_iters", "patience", "batch_size", "block_size")
 
@@ -360,10 +356,7 @@ def scale(
         return results
     devices = task_devices(dev, len(tasks))
     bar = tqdm(total=len(tasks), desc=f"scale ({jobs} jobs)", disable=not progress, dynamic_ncols=True)
-    # fresh interpreters ("spawn"): no worker inherits the parent's thread pools or CUDA context
-    ctx = torch.multiprocessing.get_context("spawn")
-    init = None if on_cuda else _one_thread
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx, initializer=init) as pool:
+    with worker_pool(min(jobs, len(tasks)), one_thread=not on_cuda) as pool:
         futures = [pool.submit(run_one, s, m, device=d, **args) for (s, m), d in zip(tasks, devices, strict=True)]
         for f in as_completed(futures):
             record(f.result())

@@ -49,7 +49,7 @@ import torch
 
 from babybitnet.bitlinear import row_scales
 from babybitnet.quant import EPS
-from babybitnet.triton_gemv import Config, _check_config, _check_inputs, _require_triton, interpreted, triton
+from babybitnet.triton_gemv import Config, _check_config, _check_packed, _require_triton, interpreted, triton
 
 if triton is not None:
     import triton.language as tl
@@ -255,7 +255,7 @@ def dp4a_matmul(
         raise ValueError(f"x_words must be int32 (M, K/4) from prepare_activations, got {what}")
     if x_words.shape[1] != k // 4:
         raise ValueError(f"K mismatch: x_words has {x_words.shape[1]} words per token, K={k} needs {k // 4}")
-    _check_inputs(torch.empty(0, k, dtype=torch.int8, device=x_words.device), packed, k)
+    _check_packed(packed, k, x_words.device)
     m, n = x_words.shape[0], packed.shape[0]
     rescale = s_x is not None or s_w_rows is not None
     if rescale:

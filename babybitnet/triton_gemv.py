@@ -165,21 +165,26 @@ def _check_inputs(x: torch.Tensor, packed: torch.Tensor, k: int) -> None:
         raise ValueError(f"x must be a 2-D tensor (tokens M, inputs K), got {what}")
     if x.dtype not in (torch.int8, torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"x must be int8 (quantized) or float32/float16/bfloat16, got {x.dtype}")
+    if isinstance(k, bool) or not isinstance(k, int) or x.shape[1] != k:
+        raise ValueError(f"K mismatch: x has K={x.shape[1]} inputs per token but k={k!r}")
+    _check_packed(packed, k, x.device)
+
+
+def _check_packed(packed: torch.Tensor, k: int, device: torch.device) -> None:
+    """packed must hold the 2-bit codes of k weights per row, on ``device`` (the activations')."""
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 2:
         what = f"{packed.dtype} {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else type(packed).__name__
         raise ValueError(f"packed must be a 2-D uint8 tensor (N, ceil(K/4)) from pack_2bit, got {what}")
-    if isinstance(k, bool) or not isinstance(k, int) or x.shape[1] != k:
-        raise ValueError(f"K mismatch: x has K={x.shape[1]} inputs per token but k={k!r}")
     if packed.shape[1] != (k + 3) // 4:
         raise ValueError(
             f"K mismatch: k={k} weights per row pack into {(k + 3) // 4} bytes, but packed rows have "
             f"{packed.shape[1]} bytes (room for K={4 * packed.shape[1]})"
         )
-    if x.device != packed.device:
-        raise ValueError(f"x and packed must be on the same device, got {x.device} and {packed.device}")
-    if x.device.type != "cuda" and not interpreted():
+    if device != packed.device:
+        raise ValueError(f"x and packed must be on the same device, got {device} and {packed.device}")
+    if device.type != "cuda" and not interpreted():
         raise ValueError(
-            f"the Triton kernel runs on a CUDA GPU but the tensors are on {x.device}; to run it on CPU in "
+            f"the Triton kernel runs on a CUDA GPU but the tensors are on {device}; to run it on CPU in "
             "Triton's interpreter, set TRITON_INTERPRET=1 before importing babybitnet.triton_gemv"
         )
 
