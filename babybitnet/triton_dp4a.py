@@ -88,16 +88,15 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _load_words(w_rows, q0, KW, n_ok, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, EVICT: tl.constexpr):
-        """The (BLOCK_N, BLOCK_W) int32 words of one step. Weights are read once: with EVICT the
+    def _load_words(w_rows, q0, KW, n_ok, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+        """The (BLOCK_N, BLOCK_W) int32 words of one step. Weights are read once, so the
         caches are told to drop them first ("evict_first"); EVEN needs no masks."""
         q = q0 + tl.arange(0, BLOCK_W)
-        policy: tl.constexpr = "evict_first" if EVICT else ""
         if EVEN:
-            words = tl.load(w_rows + q[None, :], eviction_policy=policy)
+            words = tl.load(w_rows + q[None, :], eviction_policy="evict_first")
         else:
             words = tl.load(
-                w_rows + q[None, :], mask=n_ok[:, None] & (q < KW)[None, :], other=0, eviction_policy=policy
+                w_rows + q[None, :], mask=n_ok[:, None] & (q < KW)[None, :], other=0, eviction_policy="evict_first"
             )
         return words
 
@@ -137,7 +136,6 @@ if triton is not None:
         USE_ASM: tl.constexpr,
         RESCALE: tl.constexpr,
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0: no masks needed
-        EVICT: tl.constexpr = True,  # load the weights with eviction_policy="evict_first"
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -151,9 +149,9 @@ if triton is not None:
         # arithmetic, so two steps of loads are in flight (else every step waits for memory).
         # The last step is done after the loop, so nothing is ever loaded past the end.
         last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
-        words = _load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN, EVICT)
+        words = _load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
         for q0 in range(0, last, BLOCK_W):
-            nxt = _load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN, EVICT)
+            nxt = _load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
             acc, x_sum = _step(words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
             words = nxt
         acc, x_sum = _step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
