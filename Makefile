@@ -11,13 +11,17 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: run test lint format install clean quick bench lessons docs serve browser
+.PHONY: run test lint format install clean quick bench lessons lesson-times docs serve browser lab
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml jupyter/overrides.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_INDEX) "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev,docs]'
+	@# the add-only C++ kernel of lesson 12 (1 to 3 minutes once; lessons and tests then find it built)
+	$(PY) -c "from babybitnet.kernels.cpu import load_extension as l; print('C++ kernel:', 'built' if l() else 'not built, the pure-torch fallback runs')"
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,9 +44,19 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# The learner's way in: JupyterLab on lessons/, each lesson opening as a notebook (jupytext). The setting lives in
+# this virtualenv (.venv/share/jupyter/lab/settings/overrides.json), not in your own Jupyter settings.
+lab: install
+	$(PY) -m jupyter lab --notebook-dir=lessons
+
 # Course authors: regenerate the learner's lessons/ from solutions/ (make test fails while they differ).
 lessons: install
 	$(PY) -m babybitnet lessons
+
+# Each lesson run top to bottom, one after the other: its CPU time (the budget: 60 s each, whatever else runs
+# on the machine) and wall time, as a table; the numbers also go to runs/lesson-times.json.
+lesson-times: install
+	$(PY) -m babybitnet.course.timing --json runs/lesson-times.json
 
 # The course website (mkdocs.yml): a strict build into site/. Each lesson runs once per change
 # (mkdocs-jupyter's cache in .cache/); tests/test_course.py reads which ones ran instead of running them again.

@@ -19,7 +19,7 @@ up to 2^24 exactly: 127 * in_features stays far below that).
 Quantization strength ``lam`` (in [0, 1], default 1): ``lam=1`` is BitNet as above; below 1
 the training forward blends full precision into the quantized values,
 ``x' = x + lam * (x_q - x)`` and ``W' = W + lam * (W_q - W)`` (the STE still passes the
-gradients straight through), so ``lam=0`` is a plain ``F.linear(x, W)``. Ramping ``lam`` from 0
+gradients straight through: :func:`gradual_quant`), so ``lam=0`` is a plain ``F.linear(x, W)``. Ramping ``lam`` from 0
 to 1 turns a trained full-precision layer into a ternary one gradually (``babybitnet.finetune``).
 
 Option ``norm=True`` puts an RMSNorm on the input before quantization, as the
@@ -33,12 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babybitnet.quant import EPS, activation_quant, quantize_activations, ste, ternarize, weight_quant
+from babybitnet.quant import (
+    EPS,
+    activation_quant,
+    check_act_bits,
+    quantize_activations,
+    row_scales,
+    ste,
+    ternarize,
+    weight_quant,
+)
 
 
-def bitlinear_reference(
-    x: torch.Tensor, weight: torch.Tensor, weight_groups: int = 1, act_bits: int = 8
-) -> torch.Tensor:
+def bitlinear_forward(x: torch.Tensor, weight: torch.Tensor, weight_groups: int = 1, act_bits: int = 8) -> torch.Tensor:
     """The seed's BitLinear forward, written with the detach trick: slow but obviously right."""
     x_q = ste(x, activation_quant(x, act_bits))
     w_q = ste(weight, weight_quant(weight, weight_groups))
@@ -48,7 +55,7 @@ def bitlinear_reference(
 class BitLinearFunction(torch.autograd.Function):
     """Quantize-and-multiply as one autograd node.
 
-    Same values and gradients as :func:`bitlinear_reference`, but autograd
+    Same values and gradients as :func:`bitlinear_forward`, but autograd
     records one node instead of a dozen small ones, and the backward pass is
     exactly a linear layer's backward on the quantized tensors. At babyGPT's
     size the per-operation overhead is most of the cost, so this matters.
@@ -74,13 +81,6 @@ class BitLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def row_scales(s_w: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Weight scales (G,) -> one per output row (n,): group g covers the n/G consecutive rows from g * n/G."""
-    if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
-        raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
-    return s_w.reshape(-1).to(dtype).repeat_interleave(n // s_w.numel())
-
-
 def int_linear(x: torch.Tensor, w_t: torch.Tensor, s_w: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
     """Inference with pre-quantized weights: ``(x_i @ W_t^T) / (s_x * s_w)``.
 
@@ -90,6 +90,24 @@ def int_linear(x: torch.Tensor, w_t: torch.Tensor, s_w: torch.Tensor, act_bits: 
     x_i, s_x = quantize_activations(x, act_bits)
     acc = F.linear(x_i, w_t.to(x.dtype))  # integer sums, exact in float32
     return acc / (s_x * row_scales(s_w, w_t.shape[0], x.dtype))
+
+
+def gradual_quant(x: torch.Tensor, x_q: torch.Tensor, lam: float) -> torch.Tensor:
+    """``x + lam * (x_q - x)`` in the forward pass, the identity for the gradient (the STE at strength ``lam``).
+
+    ``lam = 1`` is :func:`babybitnet.quant.ste`; ``lam = 0`` is ``x`` itself. No gradient reaches ``x_q``.
+    """
+    return x + lam * (x_q - x).detach()
+
+
+def check_linear_args(in_features: int, out_features: int, weight_groups: int = 1, act_bits: int = 8) -> None:
+    """Raise ValueError unless these describe a BitLinear (or its packed form), before anything is allocated."""
+    for name, value in (("in_features", in_features), ("out_features", out_features), ("weight_groups", weight_groups)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if out_features % weight_groups:
+        raise ValueError(f"out_features={out_features} must split into weight_groups={weight_groups} equal blocks")
+    check_act_bits(act_bits)
 
 
 class BitLinear(nn.Module):
@@ -116,8 +134,7 @@ class BitLinear(nn.Module):
         act_bits: int = 8,
     ):
         super().__init__()
-        if out_features % weight_groups:
-            raise ValueError(f"out_features={out_features} must split into weight_groups={weight_groups} equal blocks")
+        check_linear_args(in_features, out_features, weight_groups, act_bits)
         self.in_features, self.out_features = in_features, out_features
         self.weight_groups, self.act_bits = weight_groups, act_bits
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -148,9 +165,9 @@ class BitLinear(nn.Module):
         if self.lam < 1.0:
             # gradual quantization: blend full precision into the quantized values, so a trained fp layer
             # is not switched to ternary at once; the detached difference keeps the STE's gradients
-            x = x + self.lam * (activation_quant(x.detach(), self.act_bits) - x.detach())
-            w = self.weight + self.lam * (weight_quant(self.weight.detach(), self.weight_groups) - self.weight.detach())
-            y = F.linear(x, w)
+            x_q = activation_quant(x.detach(), self.act_bits)
+            w_q = weight_quant(self.weight.detach(), self.weight_groups)
+            y = F.linear(gradual_quant(x, x_q, self.lam), gradual_quant(self.weight, w_q, self.lam))
         elif self.training or torch.is_grad_enabled():
             # differentiable path (the integer path below has no STE, so its gradients would be wrong)
             y = BitLinearFunction.apply(x, self.weight, self.weight_groups, self.act_bits)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SHAKESPEARE = "tinyshakespeare.txt"
@@ -47,11 +48,16 @@ def load_text(path: str | Path | None = None) -> str:
         ) from None
 
 
+def build_vocab(text: str | list[str]) -> list[str]:
+    """The distinct characters of ``text``, sorted: the same text gives the same ids on every run and machine."""
+    return sorted(set(text))
+
+
 class CharTokenizer:
-    """Maps each distinct character of a text to an integer, in sorted order."""
+    """Maps each distinct character of a text to an integer, its index in :func:`build_vocab` of the text."""
 
     def __init__(self, chars: str | list[str]):
-        self.chars: list[str] = sorted(set(chars))
+        self.chars: list[str] = build_vocab(chars)
         if not self.chars:
             raise ValueError("a tokenizer needs at least one character")
         self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -102,19 +108,28 @@ def train_val_split(data: torch.Tensor, train_frac: float = 0.9) -> tuple[torch.
 
 
 def get_batch(
-    data: torch.Tensor,
+    data: torch.Tensor | np.ndarray,
     batch_size: int,
     block_size: int,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: ``x`` and ``y`` of shape (batch_size, block_size), int64, ``y`` = ``x`` shifted by one."""
+    """Random windows: ``x`` and ``y`` of shape (batch_size, block_size), int64, ``y`` = ``x`` shifted by one.
+
+    ``data`` is a tensor in memory or a numpy array such as the ``numpy.memmap`` of a prepared token
+    file (:mod:`babybitnet.prepare`): then only the windows drawn are read from the disk, so the file
+    may be larger than the memory. The same generator state draws the same windows from either.
+    """
     if len(data) <= block_size:
         raise ValueError(f"the data has {len(data)} tokens; it needs more than block_size={block_size}")
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     offsets = torch.arange(block_size)
-    x = data[ix[:, None] + offsets]  # one gather instead of a Python loop over the batch
-    y = data[ix[:, None] + offsets + 1]
+    if isinstance(data, np.ndarray):  # fancy indexing copies just these windows out of the map
+        rows = (ix[:, None] + offsets).numpy()
+        x, y = torch.from_numpy(data[rows].astype(np.int64)), torch.from_numpy(data[rows + 1].astype(np.int64))
+    else:
+        x = data[ix[:, None] + offsets]  # one gather instead of a Python loop over the batch
+        y = data[ix[:, None] + offsets + 1]
     return x.to(device), y.to(device)
 
 

@@ -14,6 +14,13 @@ precision in both, as in the paper and the seed project.
 block): the prompt runs through the model once, then each step feeds only
 the newest token, so every linear layer multiplies a single row (a GEMV),
 the case the packed kernels of lessons 12 and 13 are built for.
+
+BitNet b1.58 2B4T's block (lesson 16), one switch per change, each off by default so that
+today's models are unchanged: ``pos="rope"`` (rotary embeddings in the attention instead of a
+learned position table), ``subln`` (an RMSNorm before the attention's output projection and
+before the feed-forward's down projection), ``ffn="gated"`` (``down(act(gate(x)) * up(x))``),
+``n_kv_head`` (grouped-query attention), plus ``tie_embeddings`` and ``norm_eps`` for the
+checkpoints of ``babybitnet.hf``.
 """
 
 from __future__ import annotations
@@ -25,11 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from babybitnet import decode
 from babybitnet.attention import CausalSelfAttention, KVCache, LinearFactory, full_precision_linear
 from babybitnet.bitlinear import BitLinear
 
 LINEAR_KINDS = ("fp", "bitnet")
+MAX_LAYERS = 1000  # far beyond any model of this course; building more blocks would take minutes
+MAX_FLOAT32_GIB = 64  # GPTConfig refuses a model whose float32 parameters would take more than this
+MAX_NEW_TOKENS = 100_000  # generate() concatenates every step: the cost grows with the square of the length
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "relu2": lambda x: F.relu(x).square()}
+POSITIONS = ("learned", "rope")
+FFNS = ("mlp", "gated")
 
 
 @dataclass
@@ -45,16 +58,96 @@ class GPTConfig:
     attn_scale: str = "head"  # "head": 1/sqrt(head_size); "embd": 1/sqrt(n_embd), what the seed used
     activation: str = "relu"  # feed-forward non-linearity: relu, gelu or relu2 (squared ReLU)
     bias: bool = True  # biases of the nn.Linear layers and lm_head (q, k, v never have one; BitLinear never has one)
+    # BitNet b1.58 2B4T's block (lesson 16); the defaults are babyGPT's block
+    pos: str = "learned"  # "learned": a position embedding table; "rope": rotary embeddings on q and k
+    rope_theta: float = 10000.0  # RoPE's base (2B4T: 500000); unused with pos="learned"
+    subln: bool = False  # RMSNorm before attn.proj and before the feed-forward's down projection
+    ffn: str = "mlp"  # "mlp": proj(act(fc(x))); "gated": down(act(gate(x)) * up(x))
+    ffn_hidden: int | None = None  # feed-forward width; None: 4 n_embd (mlp), 8/3 n_embd up to a multiple of 16 (gated)
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
+    tie_embeddings: bool = False  # lm_head shares the token embedding's matrix
+    norm_eps: float | None = None  # eps of every RMSNorm; None: torch's default (the float's machine epsilon)
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError, saying what is allowed, for a config GPT cannot build (or could not afford to).
+
+        Runs before anything is allocated, so a file claiming ``n_layer=100000`` fails at once.
+        """
+        for name in ("vocab_size", "block_size", "n_embd", "n_head", "n_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.n_layer > MAX_LAYERS:
+            raise ValueError(f"n_layer must be at most {MAX_LAYERS}, got {self.n_layer}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("bitlinear_norm", "bias", "subln", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.linear not in LINEAR_KINDS:
             raise ValueError(f"linear must be one of {LINEAR_KINDS}, got {self.linear!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.attn_scale not in ("head", "embd"):
             raise ValueError(f"attn_scale must be 'head' or 'embd', got {self.attn_scale!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        self._validate_2b4t()
+        gib = 4 * self.max_params() / 2**30
+        if gib > MAX_FLOAT32_GIB:
+            raise ValueError(
+                f"this config needs about {gib:,.0f} GiB of float32 parameters, more than the {MAX_FLOAT32_GIB} GiB "
+                f"allowed; use smaller n_layer, n_embd, vocab_size or block_size"
+            )
+
+    def _validate_2b4t(self) -> None:
+        """The switches of the 2B4T block (lesson 16)."""
+        if self.pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
+        if self.ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {self.ffn!r}")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (math.isfinite(theta) and theta > 1):
+            raise ValueError(f"rope_theta must be a finite number > 1, got {theta!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos='rope' needs an even head size, got n_embd // n_head = {self.n_embd // self.n_head}")
+        for name in ("ffn_hidden", "n_kv_head"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (each shared by a group)")
+        eps = self.norm_eps
+        if eps is not None and (
+            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0)
+        ):
+            raise ValueError(f"norm_eps must be None or a finite number > 0, got {eps!r}")
+
+    @property
+    def hidden_size(self) -> int:
+        """The feed-forward width: ``ffn_hidden``, else 4 n_embd (mlp) or 8/3 n_embd up to a multiple of 16 (gated).
+
+        8/3 keeps a gated layer (three matrices) at the parameter count of a 4x MLP (two); the multiple of 16
+        keeps every row a whole number of the GPU kernel's 16-weight words.
+        """
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        return 4 * self.n_embd if self.ffn == "mlp" else -(-8 * self.n_embd // (3 * 16)) * 16
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    def max_params(self) -> int:
+        """An upper bound on the parameter count, from the config alone (exact for babyGPT with biases)."""
+        e, v, h = self.n_embd, self.vocab_size, self.hidden_size
+        # qkv + proj (at most 4e^2 with GQA), the feed-forward's 2 or 3 matrices, biases (e + h + e) and
+        # norms (2e, and e + h with SubLN): 12e^2 + 8e for babyGPT
+        per_block = 4 * e * e + (3 if self.ffn == "gated" else 2) * e * h + 4 * e + h + (e + h) * self.subln
+        return self.n_layer * per_block + (2 * v + self.block_size + 1) * e + v  # embeddings, ln_f, lm_head
 
     @property
     def norm_in_linear(self) -> bool:
@@ -75,18 +168,72 @@ def make_linear(config: GPTConfig) -> LinearFactory:
     return bit_linear
 
 
+def sub_norm(config: GPTConfig, size: int) -> nn.RMSNorm | None:
+    """SubLN's RMSNorm in front of a block's output projection, or None without ``subln``."""
+    return nn.RMSNorm(size, eps=config.norm_eps) if config.subln else None
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward network: n_embd -> 4 n_embd -> n_embd."""
+    """Position-wise feed-forward network: n_embd -> 4 n_embd (``hidden_size``) -> n_embd."""
 
     def __init__(self, config: GPTConfig, linear: LinearFactory):
         super().__init__()
-        self.fc = linear(config.n_embd, 4 * config.n_embd)
+        hidden = config.hidden_size
+        self.fc = linear(config.n_embd, hidden)
         self.act = ACTIVATIONS[config.activation]
-        self.proj = linear(4 * config.n_embd, config.n_embd)
+        self.sub_norm = sub_norm(config, hidden)
+        self.proj = linear(hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.act(self.fc(x))))
+        h = self.act(self.fc(x))
+        if self.sub_norm is not None:
+            h = self.sub_norm(h)
+        return self.dropout(self.proj(h))
+
+
+class GatedMLP(nn.Module):
+    """2B4T's feed-forward: ``down(act(gate(x)) * up(x))`` (with ReLU² there), n_embd -> hidden -> n_embd.
+
+    The gate decides, per hidden unit and token, how much of ``up(x)`` passes: a multiplicative
+    interaction a plain MLP lacks. With ``subln`` an RMSNorm sits before ``down``.
+    """
+
+    def __init__(self, config: GPTConfig, linear: LinearFactory):
+        super().__init__()
+        hidden = config.hidden_size
+        self.gate = linear(config.n_embd, hidden)
+        self.up = linear(config.n_embd, hidden)
+        self.act = ACTIVATIONS[config.activation]
+        self.sub_norm = sub_norm(config, hidden)
+        self.down = linear(hidden, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.gate(x)) * self.up(x)
+        if self.sub_norm is not None:
+            h = self.sub_norm(h)
+        return self.dropout(self.down(h))
+
+
+class TiedHead(nn.Module):
+    """``lm_head`` that multiplies by the token embedding's matrix (``tie_embeddings``).
+
+    It owns no copy of the matrix (only an optional bias), so the state dict and the files hold it once.
+    The embedding is kept in a list, not as a sub-module, for the same reason.
+    """
+
+    def __init__(self, embedding: nn.Embedding, bias: bool):
+        super().__init__()
+        self._embedding = [embedding]
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings)) if bias else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class Block(nn.Module):
@@ -96,11 +243,15 @@ class Block(nn.Module):
         super().__init__()
         scale = config.n_embd**-0.5 if config.attn_scale == "embd" else None
         # With the norm inside every BitLinear, a second norm in front would be redundant.
-        norm = (lambda: nn.Identity()) if config.norm_in_linear else (lambda: nn.RMSNorm(config.n_embd))
+        eps = config.norm_eps
+        norm = (lambda: nn.Identity()) if config.norm_in_linear else (lambda: nn.RMSNorm(config.n_embd, eps=eps))
         self.ln1 = norm()
-        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, scale, linear)
+        theta = float(config.rope_theta) if config.pos == "rope" else None
+        self.attn = CausalSelfAttention(
+            config.n_embd, config.n_head, config.dropout, scale, linear, config.n_kv_head, theta, config.subln, eps
+        )
         self.ln2 = norm()
-        self.mlp = MLP(config, linear)
+        self.mlp = (GatedMLP if config.ffn == "gated" else MLP)(config, linear)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         # without a cache, call attn(x) exactly as before: a swapped-in attention (lessons) needs no cache argument
@@ -115,11 +266,15 @@ class GPT(nn.Module):
         self.config = config
         linear = make_linear(config)
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        # with RoPE the positions enter inside the attention: no table (None keeps the attribute for callers)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, linear) for _ in range(config.n_layer)])
-        self.ln_f = nn.RMSNorm(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)  # full precision in both variants
+        self.ln_f = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        if config.tie_embeddings:
+            self.lm_head = TiedHead(self.tok_emb, bias=config.bias)
+        else:  # full precision in both variants
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -127,7 +282,7 @@ class GPT(nn.Module):
         # Small normal init (GPT-2, nanoGPT, the seed): keeps the first logits near uniform.
         if isinstance(m, (nn.Linear, BitLinear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, (nn.Linear, BitLinear)) and m.bias is not None:
+        if isinstance(m, (nn.Linear, BitLinear, TiedHead)) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
@@ -153,6 +308,17 @@ class GPT(nn.Module):
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise ValueError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        # On the CPU the check is nearly free; on a GPU it would wait for the GPU every step (and break
+        # torch.compile's graphs), so there an id out of range is left to the embedding's own device-side error.
+        if idx.numel() and idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            lo, hi = (int(v) for v in torch.aminmax(idx))
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"token id {bad} is out of range: this model's vocabulary has ids 0..{self.config.vocab_size - 1}"
+                )
         B, T = idx.shape
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.blocks)}: use model.new_cache()")
@@ -163,8 +329,10 @@ class GPT(nn.Module):
                 f"sequence of length {T}{cached} is longer than block_size={self.config.block_size}"
                 + (": the position embedding has no room for more" if past else "")
             )
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:  # with RoPE each attention rotates q and k at positions past..past+T-1
+            x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x) if cache is None else block(x, cache=cache[i])
         logits = self.lm_head(self.ln_f(x))
@@ -180,6 +348,7 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); ``temperature=0`` is greedy.
 
@@ -189,11 +358,33 @@ class GPT(nn.Module):
         ``block_size`` tokens, at positions 0..block_size-1: every step shifts every token's
         position, so every cached key and value (computed at the old positions) is stale. We then
         drop the cache and rerun the last ``block_size`` tokens each step, as without a cache.
+        On CUDA, with ``use_cache``, the steps up to ``block_size`` run :func:`babybitnet.decode.generate`:
+        a static cache and a CUDA graph per token (sampling then draws other samples of the same law);
+        ``compile=True`` also fuses that step with ``torch.compile`` (a minute to compile, once).
         """
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
+            got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a (batch, time) tensor of token ids with time >= 1 (a prompt), got {got}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+        if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be in 0..{MAX_NEW_TOKENS}, got {max_new_tokens}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise ValueError(f"temperature must be a number (0 is greedy), got {temperature!r}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None (no limit) or an int >= 1, got {top_k!r}")
         was_training = self.training
         self.eval()  # dropout off
         block_size = self.config.block_size
         use_cache = use_cache and self.supports_cache()
+        if use_cache and idx.is_cuda and idx.shape[1] < block_size and max_new_tokens > 0:
+            # on a GPU: the static-cache decode step, one CUDA graph per token (babybitnet.decode), up to
+            # block_size; the loop below goes on past it with its sliding window
+            start = idx.shape[1]
+            idx = decode.generate(self, idx, max_new_tokens, temperature, top_k, generator, compile=compile)
+            max_new_tokens -= idx.shape[1] - start
         cache = None
         for _ in range(max_new_tokens):
             if use_cache and idx.shape[1] <= block_size:
@@ -209,7 +400,8 @@ class GPT(nn.Module):
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
+                # shifted so that the largest logit is 0: a tiny temperature then gives -inf, never inf - inf = NaN
+                logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
                     logits = logits.masked_fill(logits < kth, -math.inf)

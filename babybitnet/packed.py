@@ -17,23 +17,16 @@ in the paper; at babyGPT's tiny size they are a large share of the file.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from babybitnet.bitlinear import BitLinear, int_linear
-from babybitnet.data import CharTokenizer
-from babybitnet.gpt import GPT, GPTConfig
-from babybitnet.packing import check_format, pack, packed_shape, unpack
-
-FORMAT = "babybitnet-packed"
-VERSION = 1
-METADATA_KEY = "babybitnet"  # the one safetensors metadata entry we write: a JSON string
+from babybitnet.addonly import packed_linear
+from babybitnet.bitlinear import BitLinear, check_linear_args, int_linear
+from babybitnet.gpt import GPT
+from babybitnet.kernels.cpu import load_extension
+from babybitnet.kernels.dispatch import packed_linear as gpu_packed_linear
+from babybitnet.packing import ZERO_BYTE, check_format, pack, packed_shape, unpack
 
 
 class PackedBitLinear(nn.Module):
@@ -61,17 +54,14 @@ class PackedBitLinear(nn.Module):
         bias: bool = False,
     ):
         super().__init__()
-        if out_features % weight_groups:
-            raise ValueError(f"out_features={out_features} must split into weight_groups={weight_groups} equal blocks")
+        check_linear_args(in_features, out_features, weight_groups, act_bits)
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.weight_groups, self.act_bits = check_format(fmt), weight_groups, act_bits
-        # 0x55 = 0b01010101: four zero weights in 2-bit codes; 121 = 11111 in base 3: five zero weights
-        zero = 0x55 if fmt == "2bit" else 121
         # 2 bits: row by row (a kernel decodes one row at a time, lesson 12). Base 3 is a storage
         # format: the whole matrix as one row, so the padding is at most 4 trits per matrix, not per row.
         self.shape = (out_features, in_features) if fmt == "2bit" else (out_features * in_features,)
         shape = packed_shape(self.shape, fmt)
-        self.register_buffer("packed", torch.full(shape, zero, dtype=torch.uint8))
+        self.register_buffer("packed", torch.full(shape, ZERO_BYTE[fmt], dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(weight_groups))
         self.norm = nn.RMSNorm(in_features) if norm else None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -82,6 +72,12 @@ class PackedBitLinear(nn.Module):
         """Pack a (trained) BitLinear: its ternary weights, scales, norm and bias."""
         if not isinstance(layer, BitLinear):
             raise ValueError(f"from_bitlinear expects a BitLinear, got {type(layer).__name__}")
+        bad = int((~torch.isfinite(layer.weight)).sum())
+        if bad:  # absmean of a NaN is NaN: the scale would be NaN and the ternary weights garbage
+            raise ValueError(
+                f"the latent weights hold {bad} NaN/inf values of {layer.weight.numel()} (the training diverged?); "
+                f"they cannot be ternarized: pack a checkpoint from before the divergence"
+            )
         w_t, s_w = layer.quantized_weight()  # int8 (out, in), float (groups,)
         packed = cls(
             layer.in_features,
@@ -113,18 +109,26 @@ class PackedBitLinear(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         if x.is_cuda and self.fmt == "2bit" and self.act_bits == 8 and _triton_available():
-            # on a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13): the
-            # dp4a one, 4 weights per instruction, when rows are whole 16-weight words
-            if self.in_features % 16 == 0:
-                from babybitnet.triton_dp4a import dp4a_linear as gpu_linear
-            else:
-                from babybitnet.triton_gemv import triton_packed_linear as gpu_linear
-
-            y = gpu_linear(x, self.packed, self.scale, self.in_features)
+            y = self._gpu_linear(x)
+        elif self.fmt == "2bit" and self.act_bits == 8 and x.device.type == "cpu" and load_extension() is not None:
+            # on the CPU the add-only C++ kernel (lesson 12) reads the packed bytes: int8 sums, one rescale
+            y = packed_linear(x, self.packed, self.scale, self.in_features)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
             y = int_linear(x, self.ternary_weight(), self.scale, self.act_bits)
         return y if self.bias is None else y + self.bias
+
+    def _gpu_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """On a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13).
+
+        ``babybitnet.kernels.dispatch.packed_linear`` picks it: with whole 16-weight words (every
+        preset) the quantizer kernel then the dp4a GEMV, or at decode (<= 16 tokens) with short rows
+        (K <= 2048) one kernel for both: every program quantizes the activations itself, which beats a
+        second launch for short rows and loses to it for long ones (`bench kernel` on an H200, batch 1:
+        7.4 vs 7.5 µs at 2560 x 2560, 20.3 vs 15.1 µs at 8192 x 8192). Any other K: the first kernel.
+        """
+        y = gpu_packed_linear(x.reshape(-1, self.in_features), self.packed, self.scale, self.in_features)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (
@@ -141,7 +145,7 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _layer_spec(layer: PackedBitLinear) -> dict:
+def layer_spec(layer: PackedBitLinear) -> dict:
     """What it takes to rebuild a PackedBitLinear before loading its tensors (plain data, for the file)."""
     return {
         "in_features": layer.in_features,
@@ -153,7 +157,7 @@ def _layer_spec(layer: PackedBitLinear) -> dict:
     }
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Set the sub-module called ``name`` ("blocks.0.attn.qkv") of ``model`` to ``new``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -179,207 +183,9 @@ def pack_model(model: GPT, fmt: str = "2bit") -> GPT:
         )
     packed = copy.deepcopy(model).eval()
     for name in names:
-        _replace(packed, name, PackedBitLinear.from_bitlinear(packed.get_submodule(name), fmt))
+        try:
+            layer = PackedBitLinear.from_bitlinear(packed.get_submodule(name), fmt)
+        except ValueError as e:
+            raise ValueError(f"cannot pack layer {name!r}: {e}") from None
+        replace_module(packed, name, layer)
     return packed
-
-
-# ---------------------------------------------------------------- the file
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order.
-
-    safetensors checks the header's layout, not the data: a flipped byte in a
-    weight would load silently. The checksum catches it.
-    """
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def save_packed(
-    path: str | Path, model: GPT, tokenizer: CharTokenizer, fmt: str = "2bit", meta: dict | None = None
-) -> Path:
-    """Pack ``model`` (unless it is packed already) and write it to a safetensors file at ``path``.
-
-    The file holds the packed weights (uint8), their scales and every
-    full-precision tensor; its metadata holds, as one JSON string, the
-    GPTConfig, the tokenizer's characters, the format and version, the layout
-    of every packed layer, ``meta`` (plain JSON-like data) and a checksum.
-    """
-    from safetensors.torch import save_file
-
-    check_format(fmt)
-    already = packed_format(model)
-    if already is not None and already != fmt:
-        raise ValueError(f"the model is already packed as {already!r}; pass fmt={already!r} or the unpacked model")
-    packed = model if already is not None else pack_model(model, fmt)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in packed.state_dict().items()}
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "packing": fmt,
-        "config": packed.config.to_dict(),
-        "tokenizer": tokenizer.to_dict(),
-        "layers": {n: _layer_spec(m) for n, m in packed.named_modules() if isinstance(m, PackedBitLinear)},
-        "meta": json.loads(json.dumps(meta or {})),  # plain data only (see checkpoint.py)
-        "sha256": _checksum(tensors),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(header)})
-    return path
-
-
-def _read_header(path: Path) -> dict:
-    """Our metadata of the safetensors file at ``path``, checked; ValueError if it is not a packed babyBitNet."""
-    from safetensors import safe_open
-
-    hint = f"write one with `python -m babybitnet pack CHECKPOINT {path}`"
-    with open(path, "rb") as f:
-        start = f.read(4)
-    if start == b"PK\x03\x04":  # a zip archive: what torch.save writes
-        raise ValueError(
-            f"{path} looks like a torch checkpoint (from `train`), not a packed model; pack it first with "
-            f"`python -m babybitnet pack {path} OUT.safetensors` (or load it with load_checkpoint)"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for every kind of malformed file
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}; {hint}") from None
-    if METADATA_KEY not in metadata:
-        raise ValueError(f"{path} is a safetensors file but not a packed babyBitNet (no {METADATA_KEY!r} metadata)")
-    try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: the packed model's metadata is not valid JSON ({e}); the file is corrupt") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a packed babyBitNet file (expected format {FORMAT!r})")
-    if header.get("version") != VERSION:
-        raise ValueError(
-            f"{path} has packed-file version {header.get('version')!r}, this babybitnet reads version {VERSION}; "
-            f"re-pack the checkpoint with this version: `python -m babybitnet pack CHECKPOINT {path}`"
-        )
-    missing = {"packing", "config", "tokenizer", "layers", "sha256"} - set(header)
-    if missing:
-        raise ValueError(f"{path}: the packed model's metadata lacks {sorted(missing)}; the file is corrupt")
-    return header
-
-
-def load_packed(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, CharTokenizer, dict]:
-    """Read a file written by :func:`save_packed`: (packed model in eval mode, tokenizer, meta)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"packed model not found: {path} (make one with `python -m babybitnet pack CHECKPOINT {path}`)"
-        )
-    header = _read_header(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read the tensors (truncated or corrupt?): {e}") from None
-    if _checksum(tensors) != header["sha256"]:
-        raise ValueError(
-            f"{path}: the tensor data does not match its checksum: the file was modified or damaged; "
-            f"pack the checkpoint again"
-        )
-    try:
-        fmt = check_format(header["packing"])
-        model = GPT(GPTConfig(**header["config"]))
-        tokenizer = CharTokenizer.from_dict(header["tokenizer"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: invalid config or tokenizer in the packed model's metadata: {e}") from None
-    bitlinears = {n for n, m in model.named_modules() if isinstance(m, BitLinear)}
-    if set(header["layers"]) != bitlinears:
-        raise ValueError(
-            f"{path}: the packed layers {sorted(header['layers'])} do not match the BitLinear layers of the model "
-            f"its config describes {sorted(bitlinears)}; the file is corrupt"
-        )
-    for name, spec in header["layers"].items():
-        _replace(model, name, PackedBitLinear(fmt=fmt, **spec))
-    expected = model.state_dict()
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"{path}: tensors missing {missing}, unexpected {extra}; the file does not fit its config")
-    for name, t in tensors.items():
-        want = expected[name]
-        if t.shape != want.shape or t.dtype != want.dtype:
-            raise ValueError(
-                f"{path}: tensor {name!r} is {t.dtype} {tuple(t.shape)}, its config needs "
-                f"{want.dtype} {tuple(want.shape)}; the file is corrupt"
-            )
-    # assign=True: take the loaded tensors as they are (the scales keep their saved dtype)
-    model.load_state_dict(tensors, assign=True)
-    return model.to(device).eval(), tokenizer, header.get("meta", {})
-
-
-# ---------------------------------------------------------------- how much memory
-def _ternary_weights(model: GPT) -> tuple[int, int]:
-    """(number of BitLinear weights, number of BitLinear layers) of an unpacked model."""
-    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
-    return sum(m.weight.numel() for m in layers), len(layers)
-
-
-def memory_report(preset: str) -> dict:
-    """Real file sizes of a freshly built babyBitNet of ``preset`` (vocab 65) in four forms.
-
-    Writes, in a temporary folder, the fp32 state dict and an fp16 copy
-    (``torch.save``) and the 2-bit and base-3 packed files (``save_packed``),
-    and measures them with ``os.path.getsize``. ``bits_per_weight`` counts the
-    packed BitLinear weights only: 8 * packed bytes / ternary weights, exactly
-    2.0 and 1.6 when every in_features is a multiple of 4 and 5.
-    """
-    from babybitnet.presets import build_model
-
-    model, _ = build_model(preset, "bitnet", vocab_size=65)
-    model.eval()
-    tokenizer = CharTokenizer([chr(c) for c in range(32, 32 + 65)])  # 65 characters, as Tiny Shakespeare has
-    n_ternary, n_layers = _ternary_weights(model)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    formats: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state, os.path.join(tmp, "fp32.pt"))
-        formats["fp32"] = {"bytes": os.path.getsize(os.path.join(tmp, "fp32.pt")), "bits_per_weight": 32.0}
-        torch.save({k: v.half() for k, v in state.items()}, os.path.join(tmp, "fp16.pt"))
-        formats["fp16"] = {"bytes": os.path.getsize(os.path.join(tmp, "fp16.pt")), "bits_per_weight": 16.0}
-        for fmt in ("2bit", "base3"):
-            packed = pack_model(model, fmt)
-            file = save_packed(os.path.join(tmp, f"{fmt}.safetensors"), packed, tokenizer, fmt)
-            packed_bytes = sum(m.packed.numel() for m in packed.modules() if isinstance(m, PackedBitLinear))
-            formats[fmt] = {
-                "bytes": os.path.getsize(file),
-                "packed_weight_bytes": packed_bytes,
-                "bits_per_weight": 8 * packed_bytes / n_ternary,
-            }
-    for f in formats.values():
-        f["mib"] = f["bytes"] / 2**20
-        f["ratio_vs_fp32"] = formats["fp32"]["bytes"] / f["bytes"]
-    params = model.num_params()
-    return {
-        "preset": preset,
-        "config": model.config.to_dict(),
-        "params": params,
-        "ternary_weights": n_ternary,
-        "full_precision_params": params - n_ternary,
-        "bitlinear_layers": n_layers,
-        "formats": formats,
-    }
-
-
-def memory_table(reports: list[dict]) -> str:
-    """Markdown table of :func:`memory_report` results, one row per preset and format."""
-    rows = [
-        "| preset | format | bytes | MiB | ratio vs fp32 | bits per BitLinear weight |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in reports:
-        for fmt, f in r["formats"].items():
-            rows.append(
-                f"| {r['preset']} | {fmt} | {f['bytes']:,} | {f['mib']:.3f} | {f['ratio_vs_fp32']:.2f}x "
-                f"| {f['bits_per_weight']:.3f} |"
-            )
-    return "\n".join(rows)

@@ -49,9 +49,15 @@ import math
 
 import torch
 
+from babybitnet.quant import check_int8_activations
+
 FORMATS = ("2bit", "base3")
 WEIGHTS_PER_BYTE = {"2bit": 4, "base3": 5}
 MAX_BASE3_BYTE = 3**5 - 1  # 242
+ZERO_BYTE = {
+    "2bit": 0b01010101,
+    "base3": 121,
+}  # a byte of zero weights: four 0b01 codes; five trits 1 (11111 in base 3)
 
 _SHIFTS_2BIT = (0, 2, 4, 6)
 _POWERS_3 = (1, 3, 9, 27, 81)
@@ -67,7 +73,7 @@ def _index_of(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def _check_ternary(w: torch.Tensor) -> torch.Tensor:
+def check_ternary(w: torch.Tensor) -> torch.Tensor:
     """Validate ``w`` and return its codes ``w + 1`` as int16 (0, 1 or 2), same shape."""
     if not isinstance(w, torch.Tensor):
         raise ValueError(f"expected a torch.Tensor of ternary weights, got {type(w).__name__}")
@@ -116,6 +122,23 @@ def _check_packed(packed: torch.Tensor, n: int, weights_per_byte: int) -> None:
         )
 
 
+def _check_padding(padding: torch.Tensor, n: int, fmt: str) -> None:
+    """Check that the codes after weight ``n`` of every row are the padding the packer writes (code 1, a zero).
+
+    A smaller ``n`` than the weights were packed with fits the same number of bytes (7 or 8 weights
+    both take 2 bytes in 2 bits), so the byte count cannot catch it; the padding can, unless every
+    weight it would drop is 0 (then nothing is lost).
+    """
+    bad = padding != 1
+    if bool(bad.any()):
+        row = _index_of(int(bad.any(dim=-1).flatten().nonzero()[0]), padding.shape[:-1])
+        where = f" (in row {row})" if row else ""
+        raise ValueError(
+            f"packed {fmt} data holds non-zero weights after weight n={n}{where}, where only padding "
+            f"belongs: pass the n the weights had before packing (is n too small?), or the data is corrupt"
+        )
+
+
 def _pad_last(codes: torch.Tensor, multiple: int, pad_code: int) -> torch.Tensor:
     """Pad the last dimension of ``codes`` to a multiple of ``multiple`` with ``pad_code``."""
     pad = -codes.shape[-1] % multiple
@@ -134,8 +157,9 @@ def pack_2bit(w: torch.Tensor) -> torch.Tensor:
     (*, ceil(n / 4)); byte ``j`` of a row holds weights 4j..4j+3 as
     ``c0 | c1 << 2 | c2 << 4 | c3 << 6`` with ``c = w + 1``.
     """
-    codes = _pad_last(_check_ternary(w), 4, pad_code=1)  # pad with 0b01, a zero weight
-    codes = codes.reshape(*codes.shape[:-1], -1, 4)  # (*, n/4, 4): the four weights of each byte
+    codes = _pad_last(check_ternary(w), 4, pad_code=1)  # pad with 0b01, a zero weight
+    # (*, n/4, 4): the four weights of each byte (sizes spelled out: -1 is ambiguous for zero-size tensors)
+    codes = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 4, 4)
     shifts = torch.tensor(_SHIFTS_2BIT, dtype=torch.int16, device=codes.device)
     # the four 2-bit fields do not overlap, so their sum equals their bitwise or
     return (codes << shifts).sum(dim=-1, dtype=torch.int16).to(torch.uint8)
@@ -145,7 +169,8 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_2bit`: uint8 (*, ceil(n / 4)) -> int8 (*, n) in {-1, 0, 1}.
 
     Raises ValueError if a 2-bit field holds 0b11 (no weight has that code: the
-    data is corrupt or was not made by ``pack_2bit``).
+    data is corrupt or was not made by ``pack_2bit``), or if a padding field after
+    weight ``n`` is not a zero weight (see :func:`_check_padding`).
     """
     _check_packed(packed, n, 4)
     shifts = torch.tensor(_SHIFTS_2BIT, dtype=torch.uint8, device=packed.device)
@@ -158,8 +183,9 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
             f"(first in byte {_index_of(byte, packed.shape)} = {packed.flatten()[byte].item():#010b}); "
             f"the data is corrupt or was not written by pack_2bit"
         )
-    codes = codes.reshape(*packed.shape[:-1], -1)[..., :n]  # drop the padding
-    return codes.to(torch.int8) - 1
+    codes = codes.reshape(*packed.shape[:-1], 4 * packed.shape[-1])
+    _check_padding(codes[..., n:], n, "2bit")
+    return codes[..., :n].to(torch.int8) - 1  # drop the padding
 
 
 # ---------------------------------------------------------------- base 3, 5 weights per byte
@@ -170,8 +196,8 @@ def pack_base3(w: torch.Tensor) -> torch.Tensor:
     of shape (*, ceil(n / 5)); byte ``j`` of a row is
     ``sum_k (w[5j + k] + 1) * 3**k`` for k = 0..4, a value in 0..242.
     """
-    trits = _pad_last(_check_ternary(w), 5, pad_code=1)  # pad with trit 1, a zero weight
-    trits = trits.reshape(*trits.shape[:-1], -1, 5)
+    trits = _pad_last(check_ternary(w), 5, pad_code=1)  # pad with trit 1, a zero weight
+    trits = trits.reshape(*trits.shape[:-1], trits.shape[-1] // 5, 5)
     powers = torch.tensor(_POWERS_3, dtype=torch.int16, device=trits.device)
     return (trits * powers).sum(dim=-1, dtype=torch.int16).to(torch.uint8)
 
@@ -179,7 +205,8 @@ def pack_base3(w: torch.Tensor) -> torch.Tensor:
 def unpack_base3(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_base3`: uint8 (*, ceil(n / 5)) -> int8 (*, n) in {-1, 0, 1}.
 
-    Raises ValueError if a byte is above 242 (five trits never exceed 3**5 - 1).
+    Raises ValueError if a byte is above 242 (five trits never exceed 3**5 - 1), or if
+    a padding trit after weight ``n`` is not a zero weight (see :func:`_check_padding`).
     """
     _check_packed(packed, n, 5)
     invalid = packed > MAX_BASE3_BYTE
@@ -192,8 +219,9 @@ def unpack_base3(packed: torch.Tensor, n: int) -> torch.Tensor:
         )
     powers = torch.tensor(_POWERS_3, dtype=torch.int16, device=packed.device)
     trits = packed.to(torch.int16).unsqueeze(-1) // powers % 3  # (*, bytes, 5): digit k of each byte
-    trits = trits.reshape(*packed.shape[:-1], -1)[..., :n]
-    return trits.to(torch.int8) - 1
+    trits = trits.reshape(*packed.shape[:-1], 5 * packed.shape[-1])
+    _check_padding(trits[..., n:], n, "base3")
+    return trits[..., :n].to(torch.int8) - 1
 
 
 # ---------------------------------------------------------------- by name
@@ -229,3 +257,33 @@ def bits_per_weight(packed_bytes: int, n_weights: int) -> float:
     if n_weights <= 0:
         raise ValueError(f"n_weights must be positive, got {n_weights}")
     return 8 * packed_bytes / n_weights
+
+
+def row_bytes(k: int, fmt: str = "2bit") -> int:
+    """Bytes that one row of ``k`` weights packs into: ceil(k / weights per byte)."""
+    return -(-k // WEIGHTS_PER_BYTE[check_format(fmt)])
+
+
+def check_packed_2bit(packed: torch.Tensor, k: int) -> None:
+    """Raise ValueError unless ``packed`` is a 2-D uint8 matrix (N, ceil(k/4)) of 2-bit rows of ``k`` weights.
+
+    What every matmul over packed weights checks first (the C++ and Triton kernels, the add-only versions).
+    """
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 2:
+        what = f"{packed.dtype} {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise ValueError(f"packed must be a 2-D uint8 tensor (N, ceil(K/4)) from pack_2bit, got {what}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k (weights per row) must be a non-negative int, got {k!r}")
+    if packed.shape[1] != row_bytes(k):
+        raise ValueError(
+            f"K mismatch: k={k} weights per row pack into {row_bytes(k)} bytes, but packed rows have "
+            f"{packed.shape[1]} bytes (room for K={4 * packed.shape[1]})"
+        )
+
+
+def check_packed_matmul(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> None:
+    """The inputs of an integer matmul over packed weights: int8 x_q (M, k) and 2-bit packed (N, ceil(k/4))."""
+    check_int8_activations(x_q)
+    check_packed_2bit(packed, k)
+    if x_q.shape[1] != k:
+        raise ValueError(f"K mismatch: x_q has K={x_q.shape[1]} inputs per token but k={k}")

@@ -1,7 +1,7 @@
 """Presets: named recipes of model size and training settings for babyGPT and babyBitNet.
 
-* ``seed``: the seed project's comparison, setting for setting (see
-  ``shared/REFERENCE.md`` section 1): 64 x 4 heads x 4 layers, block 32,
+* ``seed``: the seed project's comparison, setting for setting (its
+  ``compare.ipynb`` and ``train.py``): 64 x 4 heads x 4 layers, block 32,
   batch 16, 5000 steps, constant LR 1e-3 (babyGPT) / 9e-4 (babyBitNet), AdamW
   defaults, attention scaled by 1/sqrt(n_embd) as the seed did, no norm inside
   BitLinear. Takes about 3 minutes per model on a 2-core CPU.
@@ -14,6 +14,9 @@
   0; beta2 0.95). babyGPT gets the same recipe at its own best peak in the
   learning-rate sweep, 1e-3 (then 5e-4). ``python -m babybitnet ablate``
   measures what each change is worth (lesson 10).
+* ``b2b4t_block``: the ``recipe`` (size, budget, schedule) with BitNet b1.58
+  2B4T's block: RoPE, SubLN, a gated ReLU² feed-forward (8/3 n_embd wide),
+  grouped-query attention (2 key/value heads), no biases (lesson 16).
 * ``nanogpt``: nanoGPT's ``train_shakespeare_char`` configuration (6 x 6 x 384,
   block 256, batch 64, dropout 0.2, cosine LR 1e-3 -> 1e-4 with 100 warmup
   steps, beta2 0.99, weight decay 0.1 on matrices, gradient clipping 1.0).
@@ -37,6 +40,9 @@ SEED_SIZE = dict(block_size=32, n_embd=64, n_head=4, n_layer=4, dropout=0.0)  # 
 # nanoGPT's train_shakespeare_char model, and its step budget
 NANOGPT_SIZE = dict(block_size=256, n_embd=384, n_head=6, n_layer=6, dropout=0.2, bias=False)
 NANOGPT_BUDGET = dict(batch_size=64, max_iters=5000, eval_interval=250, eval_iters=200)
+# BitNet b1.58 2B4T's width and depth (hidden 2560, 30 layers, 20 heads of 128): for timing generation at the size
+# of the released model, with random weights (babyGPT's block: a 4x MLP, no gating, learned positions)
+B2B4T_SIZE = dict(block_size=256, n_embd=2560, n_head=20, n_layer=30, dropout=0.0, bias=False)
 # The recipe's schedule (lesson 10): two stages, weight decay off in stage 2, beta2 0.95, babyBitNet's peaks
 RECIPE_SCHEDULE = dict(
     schedule="two_stage",
@@ -49,6 +55,9 @@ RECIPE_SCHEDULE = dict(
     beta2=0.95,
 )
 RECIPE_GPT = {"train": dict(lr=1e-3, lr_stage2=5e-4)}  # babyGPT's best peak in the sweep
+# BitNet b1.58 2B4T's block (lesson 16): RoPE, SubLN, a gated squared-ReLU feed-forward, grouped-query attention
+# (2 key/value heads for 4 query heads), no biases; attention scaled by 1/sqrt(head_size) as in the recipe
+B2B4T_BLOCK = dict(attn_scale="head", activation="relu2", pos="rope", subln=True, ffn="gated", n_kv_head=2, bias=False)
 
 # Each preset: settings shared by both models, then per-model overrides.
 PRESETS: dict[str, dict] = {
@@ -85,6 +94,18 @@ PRESETS: dict[str, dict] = {
         ),
         "gpt": {},
         "bitnet": {"model": dict(bitlinear_norm=True)},
+    },
+    "2b4t_size": {  # for `bench generate --preset 2b4t_size` on a GPU; too big to train here
+        "model": dict(B2B4T_SIZE, activation="relu2"),
+        "train": dict(NANOGPT_BUDGET, lr=1e-3),
+        "gpt": {},
+        "bitnet": {},
+    },
+    "b2b4t_block": {  # the recipe at the seed's size, with BitNet b1.58 2B4T's block (lesson 16)
+        "model": dict(SEED_SIZE, **B2B4T_BLOCK),
+        "train": dict(batch_size=16, max_iters=5000, eval_interval=100, eval_iters=200, **RECIPE_SCHEDULE),
+        "gpt": RECIPE_GPT,
+        "bitnet": {},
     },
     "nanogpt_recipe": {  # nanoGPT's size and budget (with its clipping and matrix-only decay), the recipe's schedule
         "model": dict(NANOGPT_SIZE, activation="relu2"),

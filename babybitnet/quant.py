@@ -27,6 +27,9 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-5
+# 1 bit has no level besides 0 (2**0 - 1 = 0: every activation would quantize to 0, then 0 / 0);
+# more than 8 do not fit the int8 that the integer matmuls take
+ACT_BITS = range(2, 9)
 
 
 # ---------------------------------------------------------------- weights
@@ -84,8 +87,16 @@ def binarize(w: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- activations
+def check_act_bits(bits: int) -> int:
+    """``bits`` if activations can be quantized to that many bits (2 to 8), else a ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ACT_BITS:
+        raise ValueError(f"activation bits must be an int from {ACT_BITS.start} to {ACT_BITS.stop - 1}, got {bits!r}")
+    return bits
+
+
 def absmax_scale(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
     """``s_x`` per token: shape ``x.shape[:-1] + (1,)``; maps each row's largest |value| to ``2**(bits-1) - 1``."""
+    check_act_bits(bits)
     qmax = 2 ** (bits - 1) - 1
     return qmax / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
 
@@ -142,3 +153,19 @@ class RoundSTE(torch.autograd.Function):
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, pass the gradient straight through in the backward pass."""
     return RoundSTE.apply(x)
+
+
+def check_int8_activations(x_q: torch.Tensor) -> None:
+    """Raise ValueError unless ``x_q`` is a 2-D int8 tensor (tokens M, inputs K), as the integer matmuls take."""
+    if not isinstance(x_q, torch.Tensor) or x_q.dtype != torch.int8:
+        got = x_q.dtype if isinstance(x_q, torch.Tensor) else type(x_q).__name__
+        raise ValueError(f"x_q must be an int8 tensor (quantize_activations(x)[0].to(torch.int8)), got {got}")
+    if x_q.dim() != 2:
+        raise ValueError(f"x_q must be 2-D (tokens M, inputs K), got shape {tuple(x_q.shape)}")
+
+
+def row_scales(s_w: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight scales (G,) -> one per output row (n,): group g covers the n/G consecutive rows from g * n/G."""
+    if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
+        raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
+    return s_w.reshape(-1).to(dtype).repeat_interleave(n // s_w.numel())

@@ -17,15 +17,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from babybitnet.data import get_batch
-from babybitnet.distributed import rank_and_world
+from babybitnet.runtime import training_setup
 
 SCHEDULES = ("constant", "cosine", "two_stage")
 DTYPES = ("float32", "bfloat16")
@@ -71,25 +69,47 @@ class TrainConfig:
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based) under ``cfg.schedule``.
 
-    constant: ``lr`` after a linear warmup. cosine: warmup, then half a cosine
-    from ``lr`` down to ``min_lr`` at ``max_iters``. two_stage (BitNet's FAQ):
-    warmup, ``lr`` until ``stage2_frac * max_iters``, then a sudden drop to
-    ``lr_stage2`` decaying by cosine to ``min_lr``.
+    constant: ``lr`` after a linear warmup (:func:`constant_lr`). cosine: warmup, then half a
+    cosine from ``lr`` down to ``min_lr`` at ``max_iters`` (:func:`cosine_lr`). two_stage
+    (BitNet's FAQ): warmup, ``lr`` until ``stage2_frac * max_iters``, then a sudden drop to
+    ``lr_stage2`` decaying by cosine to ``min_lr`` (:func:`two_stage_lr`).
     """
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    if cfg.schedule == "constant":
-        return cfg.lr
     if cfg.schedule == "cosine":
-        start, end, peak = cfg.warmup_iters, cfg.max_iters, cfg.lr
-    else:
-        mid = stage2_start(cfg)
-        if step < mid:
-            return cfg.lr
-        start, end = mid, cfg.max_iters
-        peak = cfg.lr / 2 if cfg.lr_stage2 is None else cfg.lr_stage2
-    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (peak - cfg.min_lr)
+        return cosine_lr(step, cfg.max_iters, cfg.lr, cfg.min_lr, cfg.warmup_iters)
+    if cfg.schedule == "two_stage":
+        return two_stage_lr(step, cfg)
+    return constant_lr(step, cfg.lr, cfg.warmup_iters)
+
+
+def constant_lr(step: int, lr: float, warmup_iters: int = 0) -> float:
+    """``lr``, after a linear warm-up ``lr * (step + 1) / warmup_iters`` over the first ``warmup_iters`` steps."""
+    return lr * (step + 1) / warmup_iters if step < warmup_iters else lr
+
+
+def cosine_lr(step: int, max_iters: int, lr: float, min_lr: float = 0.0, warmup_iters: int = 0) -> float:
+    """The cosine schedule (nanoGPT's, lesson 5): a linear warm-up, then half a cosine from ``lr`` to ``min_lr``.
+
+    The progress ``p = (step - warmup_iters) / max(max_iters - warmup_iters, 1)`` is clipped to
+    [0, 1], so steps at or past ``max_iters`` get ``min_lr``.
+    """
+    if step < warmup_iters:
+        return constant_lr(step, lr, warmup_iters)
+    progress = min(max((step - warmup_iters) / max(max_iters - warmup_iters, 1), 0.0), 1.0)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def two_stage_lr(step: int, cfg: TrainConfig) -> float:
+    """The two-stage schedule (BitNet's FAQ, lesson 10): warm-up, the peak ``lr`` in stage 1, then stage 2.
+
+    Stage 2 starts at :func:`stage2_start` with a drop to ``lr_stage2`` (``lr / 2`` if None) and is a
+    cosine schedule of its own from there to ``min_lr`` at ``max_iters``. The warm-up comes first,
+    even if it runs past the start of stage 2.
+    """
+    mid = stage2_start(cfg)
+    if step < max(cfg.warmup_iters, mid):
+        return constant_lr(step, cfg.lr, cfg.warmup_iters)
+    peak = cfg.lr / 2 if cfg.lr_stage2 is None else cfg.lr_stage2
+    return cosine_lr(step - mid, cfg.max_iters - mid, peak, cfg.min_lr)
 
 
 def stage2_start(cfg: TrainConfig) -> int:
@@ -99,7 +119,12 @@ def stage2_start(cfg: TrainConfig) -> int:
 
 def weight_decay_at(step: int, cfg: TrainConfig) -> float:
     """Weight decay for step ``step``: constant, except in stage 2 of the two-stage schedule."""
-    if cfg.schedule == "two_stage" and cfg.weight_decay_stage2 is not None and step >= stage2_start(cfg):
+    return two_stage_weight_decay(step, cfg) if cfg.schedule == "two_stage" else cfg.weight_decay
+
+
+def two_stage_weight_decay(step: int, cfg: TrainConfig) -> float:
+    """``weight_decay`` in stage 1, ``weight_decay_stage2`` from :func:`stage2_start` on (unless that is None)."""
+    if cfg.weight_decay_stage2 is not None and step >= stage2_start(cfg):
         return cfg.weight_decay_stage2
     return cfg.weight_decay
 
@@ -130,22 +155,37 @@ def estimate_loss(
     generator: torch.Generator,
     device: torch.device,
     chunk: int = 1024,
+    desc: str | None = None,
 ) -> float:
     """Mean loss over ``eval_iters * batch_size`` random windows of ``data``, in eval mode.
 
     Equal to the mean of ``eval_iters`` batch losses (every batch has the same
-    size) but computed ``chunk`` windows at a time.
+    size) but computed ``chunk`` windows at a time. With ``desc`` a progress bar shows the
+    chunks: an evaluation of a big model on a CPU can take minutes.
     """
     was_training = model.training
     model.eval()
     n, total = eval_iters * batch_size, 0.0
-    for start in range(0, n, chunk):
+    starts = range(0, n, chunk)
+    for start in tqdm(starts, desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
         size = min(chunk, n - start)
         x, y = get_batch(data, size, block_size, generator, device)
         _, loss = model(x, y)
         total += loss.item() * size
     model.train(was_training)
     return total / n
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: carries the model's state at the last evaluation, so it can be kept.
+
+    ``state`` is a state dict (on the CPU) of the model as it was evaluated at step ``step``, with
+    val loss ``val``; the command line saves it as a checkpoint named for that step.
+    """
+
+    def __init__(self, step: int, val: float, state: dict[str, torch.Tensor]):
+        super().__init__(f"interrupted; last evaluated at step {step} (val loss {val:.4f})")
+        self.step, self.val, self.state = step, val, state
 
 
 def train(
@@ -157,6 +197,7 @@ def train(
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int], None] | None = None,
+    keep_last: bool = False,
 ) -> dict:
     """Train ``model`` in place; return a JSON-ready summary with the eval history.
 
@@ -167,76 +208,81 @@ def train(
     evaluation after ``step`` steps, so it can change the model as training goes (``babybitnet.finetune``).
     With ``cfg.patience = N > 0`` training stops early once N evaluations in a row have not beaten the
     best val loss so far; ``stopped_early`` and ``stopped_step`` (steps taken) say whether and where.
+    With ``keep_last``, Ctrl-C raises :class:`TrainingInterrupted` holding the model as it was at the
+    last evaluation (a copy on the CPU after every evaluation); without, a plain KeyboardInterrupt.
     """
     device = torch.device(device)
     block_size = model.config.block_size
     model.to(device).train()
     opt = make_optimizer(model, cfg, device)
-    # Under torchrun (babybitnet.distributed) each of the N processes draws batch_size / N windows with
-    # its own generator and DDP averages the gradients: the same step as one process with the whole batch.
-    rank, world = rank_and_world()
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
-    local_batch = cfg.batch_size // world
-    ids = [device.index] if device.type == "cuda" else None
-    wrapped = model if world == 1 else DistributedDataParallel(model, device_ids=ids)
-    progress = progress and rank == 0
-    # bf16 autocast runs the matmuls in bfloat16 (the optimizer keeps float32 weights); compile fuses
-    # the many small element-wise ops (BitLinear's quantizers) into a few kernels.
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bfloat16" else nullcontext()
-    forward = torch.compile(wrapped) if cfg.compile else wrapped
-    g_train = torch.Generator().manual_seed(cfg.seed + rank)
+    # several processes (torchrun), bf16 autocast and torch.compile: babybitnet.runtime sets them up
+    run = training_setup(model, cfg.batch_size, device, cfg.dtype, cfg.compile)
+    forward, amp = run.forward, run.amp
+    progress = progress and run.rank == 0
+    g_train = torch.Generator().manual_seed(cfg.seed + run.rank)
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)
     history: dict[str, list] = {"step": [], "train": [], "val": [], "lr": []}
+    last: dict = {"state": None}
 
     def evaluate(step: int) -> None:
         if on_step is not None:
             on_step(step)
         for split, data in (("train", train_data), ("val", val_data)):
             with amp:
-                loss = estimate_loss(forward, data, cfg.batch_size, cfg.eval_iters, block_size, g_eval, device)
+                loss = estimate_loss(
+                    forward, data, cfg.batch_size, cfg.eval_iters, block_size, g_eval, device,
+                    desc=f"{desc}: evaluating {split}" if progress else None,
+                )  # fmt: skip
             history[split].append(loss)
         history["step"].append(step)
         history["lr"].append(lr_at(min(step, cfg.max_iters - 1), cfg))
+        if keep_last:  # what Ctrl-C keeps: the model as it was just evaluated
+            last["state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     t_start = time.perf_counter()
     train_time = 0.0
     steps_done, stopped_early, since_best = cfg.max_iters, False, 0
     evaluate(0)
     bar = tqdm(range(cfg.max_iters), desc=desc, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        t0 = time.perf_counter()
-        if on_step is not None:
-            on_step(step)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-            group["weight_decay"] = weight_decay_at(step, cfg) if group["decay"] else 0.0
-        x, y = get_batch(train_data, local_batch, block_size, g_train, device)
-        with amp:
-            _, loss = forward(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
-        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
-            evaluate(step + 1)
-            bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{history['val'][-1]:.4f}")
-            if cfg.patience > 0:
-                # a big model on a small text overfits: once val stops improving, more steps only hurt
-                since_best = 0 if history["val"][-1] < min(history["val"][:-1]) else since_best + 1
-                if since_best >= cfg.patience and step + 1 < cfg.max_iters:
-                    steps_done, stopped_early = step + 1, True
-                    break
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            if on_step is not None:
+                on_step(step)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+                group["weight_decay"] = weight_decay_at(step, cfg) if group["decay"] else 0.0
+            x, y = get_batch(train_data, run.local_batch, block_size, g_train, device)
+            with amp:
+                _, loss = forward(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
+                evaluate(step + 1)
+                bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{history['val'][-1]:.4f}")
+                if cfg.patience > 0:
+                    # a big model on a small text overfits: once val stops improving, more steps only hurt
+                    since_best = 0 if history["val"][-1] < min(history["val"][:-1]) else since_best + 1
+                    if since_best >= cfg.patience and step + 1 < cfg.max_iters:
+                        steps_done, stopped_early = step + 1, True
+                        break
+    except KeyboardInterrupt:
+        bar.close()
+        if last["state"] is None:
+            raise
+        raise TrainingInterrupted(history["step"][-1], history["val"][-1], last["state"]) from None
     bar.close()
 
     best = min(range(len(history["val"])), key=history["val"].__getitem__)
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "processes": world,
+        "processes": run.world,
         "lr": cfg.lr,
         "iters": cfg.max_iters,
         "final_val": history["val"][-1],
@@ -250,18 +296,3 @@ def train(
         "stopped_step": steps_done,  # optimizer steps taken: max_iters unless stopped early
         "history": history,
     }
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto" picks CUDA, then Apple's MPS, then the CPU; other names are checked so a typo fails early."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but this PyTorch sees no CUDA GPU (use --device cpu or auto)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps asked for, but MPS is not available here (use --device cpu or auto)")
-    return torch.device(device)

@@ -315,7 +315,7 @@ print(f"val loss {result['final_val']:.4f} after {cfg.max_iters} steps, {result[
 
 # %% [markdown]
 # The single head brings the validation loss below the bigram's 2.48: run on a
-# 2-core CPU with `MPLBACKEND=Agg python solutions/03_attention.py`, the cell
+# 2-core CPU as a plain script (exercises solved), the cell
 # above printed 2.379. (The code of Karpathy's *Let's build GPT* lecture
 # records about 2.5 for its single head, with a context of 8 characters.) The
 # model now uses the past.

@@ -37,6 +37,8 @@ from babybitnet.data import get_batch, load_dataset
 from babybitnet.gpt import GPT
 from babybitnet.presets import get_preset
 
+torch.set_num_threads(1)  # tiny models: one thread is as fast, and never fights other programs for the cores
+
 # %% [markdown]
 # ## The data and the model
 #
@@ -330,7 +332,9 @@ print(tok.decode(out[0]))
 #   half, then a sudden drop (to $\eta/2$ by default) followed by a cosine
 #   decay. We will meet it again with the ternary model.
 #
-# `babybitnet.train.lr_at(step, config)` computes all three. Write the cosine one.
+# `babybitnet.train.lr_at(step, config)` computes all three, with one function
+# per schedule: `constant_lr`, `cosine_lr` and `two_stage_lr`. Write the cosine
+# one, `cosine_lr`, with the package's arguments.
 
 
 # %% tags=["exercise"]
@@ -346,8 +350,8 @@ def cosine_lr(step: int, max_iters: int, lr: float, min_lr: float = 0.0, warmup_
 
 
 # %% [markdown]
-# Your schedule against the package's, and the three schedules of
-# `lr_at` over a 5000-step run:
+# Your schedule against the package's (`lr_at` calls `babybitnet.train.cosine_lr`
+# for `schedule="cosine"`), and the three schedules of `lr_at` over a 5000-step run:
 
 # %%
 from babybitnet.train import TrainConfig, lr_at
@@ -384,7 +388,7 @@ plt.show()
 # attention, 2.24 for the block (attention and feed-forward) and 2.06 with
 # LayerNorm.
 #
-# `babybitnet/ladder.py` rebuilds that ladder from the parts of this package
+# `babybitnet/experiments/ladder.py` rebuilds that ladder from the parts of this package
 # and trains each rung with `babybitnet.train.train`, with the same settings,
 # the same seed and the same batches:
 #
@@ -435,7 +439,7 @@ plt.show()
 
 # %%
 from babybitnet.course import show_markdown
-from babybitnet.ladder import ladder, markdown_table
+from babybitnet.experiments.ladder import ladder, markdown_table
 
 short = ladder(iters=300, device="cpu", eval_iters=20, progress=False)
 show_markdown(markdown_table(short))

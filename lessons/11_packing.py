@@ -352,14 +352,15 @@ print(
 # is *not* ternary. In babyBitNet that is the token and position embeddings,
 # `lm_head` (with its bias), the norms, and one scale $s_w$ per BitLinear (12
 # for the q, k, v layer, whose heads keep their own scales), all in float32,
-# plus the file's header. `babybitnet.packed.memory_report(preset)` builds a
-# babyBitNet of a preset and writes it four ways into a temporary folder:
-# the float32 state dict and an fp16 copy (`torch.save`), and the 2-bit and
-# base-3 packed files (`save_packed`, below), then measures the files.
+# plus the file's header. `memory_report(preset)`, in
+# `babybitnet.experiments.bench`, builds a babyBitNet of a preset and writes
+# it four ways into a temporary folder: the float32 state dict and an fp16
+# copy (`torch.save`), and the 2-bit and base-3 packed files (`save_packed`,
+# below), then measures the files.
 
 # %%
 from babybitnet.course import show_markdown
-from babybitnet.packed import memory_report, memory_table
+from babybitnet.experiments.bench import memory_report, memory_table
 
 live = memory_report("seed")
 print(
@@ -375,7 +376,7 @@ show_markdown(memory_table([live]))
 # package:
 
 # %%
-from babybitnet.compare import measured
+from babybitnet.experiments.study import measured
 
 bench = measured("bench_memory")
 print(f"`{bench['command']}`\n")
@@ -449,9 +450,8 @@ for rep in bench["reports"]:
 import tempfile
 from pathlib import Path
 
-from babybitnet.checkpoint import save_checkpoint
 from babybitnet.data import load_dataset
-from babybitnet.packed import load_packed, save_packed
+from babybitnet.files import load_packed, save_checkpoint, save_packed
 from babybitnet.presets import build_model
 from babybitnet.train import train
 
@@ -587,8 +587,8 @@ shutil.rmtree(tmp)  # the temporary files of this lesson
 # The packed model still unpacks its weights to int8 before every matmul.
 # Lesson 12 computes straight from the packed bytes, with additions only.
 #
-# The reference is `babybitnet/packing.py` and `babybitnet/packed.py`. Check
-# your exercises with:
+# The reference is `babybitnet/packing.py`, `babybitnet/packed.py` and
+# `babybitnet/files.py` (`save_packed`, `load_packed`). Check your exercises with:
 #
 # ```
 # python -m babybitnet check 11

@@ -21,7 +21,7 @@
 # the data, and Triton compiles it for the GPU.
 #
 # 1. what a GPU kernel is, and why the speed of a GEMV is set by the bytes per weight;
-# 2. the Triton kernel of `babybitnet/triton_gemv.py`, block by block;
+# 2. the Triton kernel of `babybitnet/kernels/triton_gemv.py`, piece by piece;
 # 3. your own Triton kernel that unpacks the 2-bit weights (the exercise);
 # 4. running the package's kernel and checking it, to the last bit;
 # 5. how fast it is on an H100, and why not as fast as it could be;
@@ -41,7 +41,7 @@ import torch
 if not torch.cuda.is_available():
     # No GPU here: run Triton kernels in Triton's interpreter, on CPU tensors. Triton reads
     # TRITON_INTERPRET when @triton.jit decorates a kernel, so set it before importing triton
-    # (or babybitnet.triton_gemv, whose kernel is decorated when the module is imported).
+    # (or babybitnet.kernels.triton_gemv, whose kernel is decorated when the module is imported).
     os.environ["TRITON_INTERPRET"] = "1"
 
 import triton
@@ -84,7 +84,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # %%
 import matplotlib.pyplot as plt
 
-HBM_BYTES_PER_S = 3.35e12  # H100 SXM peak memory bandwidth (shared/REFERENCE.md)
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM peak memory bandwidth (NVIDIA's H100 datasheet)
 FORMATS = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "2-bit packed": 0.25}  # bytes per weight
 SHAPES = [(4096, 4096), (8192, 8192)]
 
@@ -107,32 +107,31 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## 2. The kernel of `babybitnet/triton_gemv.py`, block by block
+# ## 2. The kernel of `babybitnet/kernels/triton_gemv.py`, piece by piece
 #
 # `ternary_gemv_kernel` computes $y = x W_t^\top$ for $M$ tokens (1 to 16 at
 # decode time) straight from the 2-bit bytes of lesson 11 (`pack_2bit`: the
 # code of weight $4i + j$ sits in bits $2j$ and $2j + 1$ of byte $i$; code
-# `0b00` is $-1$, `0b01` is $0$, `0b10` is $+1$). Its pieces, printed from the
-# source, in order.
+# `0b00` is $-1$, `0b01` is $0$, `0b10` is $+1$). It is short, because each
+# of its pieces is a small `@triton.jit` function of its own (Triton inlines
+# them into the kernel when it compiles it). The kernel first, as written in
+# the package, then its pieces in the order it calls them.
 
 # %%
 import inspect
 import textwrap
 
-import babybitnet.triton_gemv as TG
-
-KERNEL_LINES = textwrap.dedent(inspect.getsource(TG.ternary_gemv_kernel.fn)).splitlines()
-
-
-def excerpt(first: str, last: str) -> None:
-    """Print the kernel's lines from the first one containing `first` to the next one containing `last`."""
-    i = next(n for n, line in enumerate(KERNEL_LINES) if first in line)
-    j = next(n for n in range(i, len(KERNEL_LINES)) if last in KERNEL_LINES[n])
-    print(textwrap.dedent("\n".join(KERNEL_LINES[i : j + 1])))
+import babybitnet.kernels.triton_common as TC
+import babybitnet.kernels.triton_gemv as TG
 
 
-print("running in Triton's interpreter:", TG.interpreted())
-excerpt("@triton.jit", '"""y[m, n]')
+def show(fn) -> None:
+    """Print the source of a `@triton.jit` function (its Python function is `.fn`)."""
+    print(textwrap.dedent(inspect.getsource(fn.fn)))
+
+
+print("running in Triton's interpreter:", TC.interpreted())
+show(TG.ternary_gemv_kernel)
 
 # %% [markdown]
 # **The arguments.** Pointers to the activations `x` $(M, K)$, the packed
@@ -142,60 +141,64 @@ excerpt("@triton.jit", '"""y[m, n]')
 # switches (`INT_ACC`, `ADD_ONLY`, `RESCALE`) for which Triton compiles a
 # separate kernel each, with the unused branches removed.
 #
+# **The body.** Find this program's tile, then walk along the row in steps
+# of `BLOCK_KB` bytes: load the bytes and the activations they multiply, and
+# add the four bit pairs of every byte into the accumulator. The accumulator
+# `acc` has one entry per token, row and byte of a step, so that each thread
+# adds into its own registers; after the loop one sum over the byte axis
+# gives the outputs, and `store_outputs` writes them.
+#
 # **Which tile is mine?** Program $(p_0, p_1)$ owns `BLOCK_N` output rows and
 # `BLOCK_M` tokens. `tl.arange(0, BLOCK_N)` is the vector $0, 1, \dots$, so
 # `offs_n` holds the row numbers of the tile. Near the edge some of them are
-# past $N$: `n_ok` remembers which are real. The accumulator `acc` has one
-# entry per token, row and byte of a step, so that each thread adds into its
-# own registers.
+# past $N$: `n_ok` remembers which are real. (The dp4a kernel of section 6
+# shares this piece, and the last one.)
 
 # %%
-excerpt("offs_m =", "acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KB), dtype=tl.float32)")
+show(TC.program_tile)
 
 # %% [markdown]
-# **The loop over $K$.** Each step loads a tile of packed bytes,
-# $(\text{BLOCK\_N}, \text{BLOCK\_KB})$, contiguous along each row, and the
-# $4\,\text{BLOCK\_KB}$ activations they multiply. The pointer arithmetic
-# `w_ptr + offs_n[:, None] * stride_wn + b[None, :]` broadcasts a column of
-# row starts against a row of byte numbers: a whole 2-D tile of addresses.
-# The **mask** switches off the loads past the edge of the matrix (rows past
-# $N$, bytes past `KB`, inputs past $K$, tokens past $M$), and `other` says
-# what they read instead: `0b01010101`, four codes `0b01`, four zero weights;
-# and activation 0. Either way they add nothing, so $K$ need not be a multiple
-# of 4 or of the tile.
+# **The bytes of a step.** Each step loads a tile of packed bytes,
+# $(\text{BLOCK\_N}, \text{BLOCK\_KB})$, contiguous along each row. The
+# pointer arithmetic `w_ptr + offs_n[:, None] * stride_wn + b[None, :]`
+# broadcasts a column of row starts against a row of byte numbers: a whole
+# 2-D tile of addresses. The **mask** switches off the loads past the edge of
+# the matrix (rows past $N$, bytes past `KB`), and `other` says what they read
+# instead: `0b01010101`, four codes `0b01`, four zero weights. They add
+# nothing, so $K$ need not be a multiple of 4 or of the tile.
 
 # %%
-excerpt("for b0 in range", "x = x.to(tl.float32)")
+show(TG.load_packed_bytes)
 
 # %% [markdown]
-# **Four planes.** Byte $i$ holds weights $4i, \dots, 4i + 3$. The loaded
-# activations have shape $(\text{BLOCK\_M}, \text{BLOCK\_KB}, 4)$; `tl.split`
-# takes the last axis apart into 4 **planes**, plane $j$ holding the inputs
-# $4i + j$: exactly the partners of bit pair $j$ of every byte of the tile.
-# (`tl.split` only splits an axis of size 2, hence the reshape to $(2, 2)$
-# and two rounds.)
+# **Four planes.** Byte $i$ holds weights $4i, \dots, 4i + 3$, so the step
+# loads the $4\,\text{BLOCK\_KB}$ activations they multiply, masked the same
+# way (inputs past $K$ and tokens past $M$ read as 0), with shape
+# $(\text{BLOCK\_M}, \text{BLOCK\_KB}, 4)$. `tl.split` takes the last axis
+# apart into 4 **planes**, plane $j$ holding the inputs $4i + j$: exactly the
+# partners of bit pair $j$ of every byte of the tile. (`tl.split` only splits
+# an axis of size 2, hence the reshape to $(2, 2)$ and two rounds.)
 
 # %%
-excerpt("# (BLOCK_M, BLOCK_KB, 4) -> 4 planes", "x1, x3 = tl.split(x_odd)")
+show(TG.load_planes)
 
 # %% [markdown]
-# **Decode and add.** For each plane (`tl.static_range` unrolls the loop at
-# compile time), a shift and a mask give the codes of the whole tile; then
-# the add-only select of lesson 12: $+x$ where the code is `0b10`, $-x$ where
-# it is `0b00`, $0$ otherwise. `ADD_ONLY=False` compiles the other form,
-# `(code - 1) * x`, a multiplication, so the two can be timed against each other.
+# **Decode and add.** For plane $j$, a shift and a mask give the codes of the
+# whole tile; then the add-only select of lesson 12: $+x$ where the code is
+# `0b10`, $-x$ where it is `0b00`, $0$ otherwise. `ADD_ONLY=False` compiles
+# the other form, `(code - 1) * x`, a multiplication, so the two can be timed
+# against each other. The kernel calls it four times per step, $j = 0, 1, 2, 3$.
 
 # %%
-excerpt("for j in tl.static_range(4)", "acc += (code.to(acc.dtype) - 1) * xj")
+show(TG.add_plane)
 
 # %% [markdown]
-# **Finish.** After the loop, one sum over the byte axis per output; then
-# the **one rescale per output**, $y / (s_x s_w)$ (lesson 9), fused into the
-# kernel so the integer sums never go to memory; and a masked store of the
-# tile, which leaves the memory past $M$ and $N$ alone.
+# **Finish.** After the loop, the **one rescale per output**, $y / (s_x s_w)$
+# (lesson 9), fused into the kernel so the integer sums never go to memory;
+# and a masked store of the tile, which leaves the memory past $M$ and $N$ alone.
 
 # %%
-excerpt("y = tl.sum(acc, axis=2)", "tl.store(")
+show(TC.store_outputs)
 
 # %% [markdown]
 # The launcher `ternary_matmul` checks its inputs and chooses the grid: one
@@ -356,8 +359,8 @@ print("triton_packed_linear vs int_linear, largest difference:", f"{(y - int_lin
 # (> 1: faster). Section 6 explains the two `dp4a` contenders.
 
 # %%
-from babybitnet.bench import describe
-from babybitnet.compare import measured
+from babybitnet.experiments.study import measured
+from babybitnet.runtime import describe
 
 bench = measured("bench_kernel")
 print(f"`{bench['command']}` on {describe(bench['machine'])}, triton {bench['triton']}\n")
@@ -370,7 +373,7 @@ for row in bench["rows"]:
 print()
 for name, what in bench["variants"].items():
     print(f"{name:24} {what}")
-print("\nThe full table (µs, GB/s, tile configs): TG.kernel_table(bench)")
+print("\nThe full table (µs, GB/s, tile configs): babybitnet.experiments.bench_kernels.kernel_table(bench)")
 
 # %%
 rows = [row for row in bench["rows"] if row["m"] == 1]
@@ -435,7 +438,7 @@ print(f"{'torch bf16':24} reads its weights at {min(bf16_gbs):,.0f} to {max(bf16
 # ## 6. Four weights per instruction: the `dp4a` kernel
 #
 # If decoding is the bottleneck, decode several weights per instruction.
-# `babybitnet/triton_dp4a.py` reads the same packed bytes, but 4 at a time,
+# `babybitnet/kernels/triton_dp4a.py` reads the same packed bytes, but 4 at a time,
 # as one 32-bit **word** holding 16 weights, and uses two facts:
 #
 # - `(word >> 2j) & 0x03030303` keeps the low two bits of each of the 4
@@ -455,9 +458,9 @@ print(f"{'torch bf16':24} reads its weights at {min(bf16_gbs):,.0f} to {max(bf16
 # x_{16q + 12 + j}$. Here is one step of the loop, from the source:
 
 # %%
-import babybitnet.triton_dp4a as D
+import babybitnet.kernels.triton_dp4a as D
 
-print(textwrap.dedent(inspect.getsource(D._step.fn)))
+show(D.dp4a_step)
 
 # %% [markdown]
 # `dp4a` is a few lines of inline PTX (the GPU's assembly); the interpreter
@@ -465,7 +468,7 @@ print(textwrap.dedent(inspect.getsource(D._step.fn)))
 # multiplications, and the kernel can be checked on a CPU like the first one:
 
 # %%
-print(textwrap.dedent(inspect.getsource(D.dp4a.fn)))
+show(D.dp4a)
 for m, n, k in [(1, 24, 320), (3, 40, 64)]:
     x_q = quantize_activations(torch.randn(m, k, generator=gen))[0].to(torch.int8)
     w_t = ternarize(torch.randn(n, k, generator=gen))[0].to(torch.int8)
@@ -483,6 +486,17 @@ for m, n, k in [(1, 24, 320), (3, 40, 64)]:
 # torch quantizer: one program per token computes the scale, rounds (half to
 # even, bit for bit as `torch.round`), transposes and packs the words, so the
 # layer is two launches (`dp4a_linear`). `PackedBitLinear` uses it on a GPU.
+#
+# The whole GEMV kernel: `load_words` asks for a step's words, `dp4a_step`
+# works on the step before; the tile and the store are the first kernel's
+# (`program_tile`, `store_outputs`).
+
+# %%
+show(D.load_words)
+show(D.ternary_gemv_dp4a_kernel)
+
+# %% [markdown]
+# Its timings, against the goals we set ourselves:
 
 # %%
 goals = {(4096, 4096): 3.0, (8192, 8192): 5.0}  # the goals we set ourselves, batch 1
@@ -530,8 +544,8 @@ for row in bench["rows"]:
 # the same prompt for the three models:
 
 # %%
-from babybitnet.bench import generate_table
 from babybitnet.course import show_markdown
+from babybitnet.experiments.bench import generate_table
 
 show_markdown(generate_table(measured("bench_generate")))
 
@@ -569,7 +583,8 @@ show_markdown(generate_table(measured("bench_generate")))
 # bf16 autocast with `torch.compile`:
 
 # %%
-from babybitnet.compare import NAMES, markdown_table
+from babybitnet.experiments.compare import markdown_table
+from babybitnet.experiments.study import NAMES
 
 nano = measured("compare_nanogpt")
 print(f"`{nano['command']}` on {describe(nano['machine'])}\n")
@@ -656,7 +671,8 @@ print(
 # - At nanoGPT's size babyBitNet reaches babyGPT's best val loss and does not
 #   overfit; with the recipe it is ahead.
 #
-# The references are `babybitnet/triton_gemv.py` and `babybitnet/triton_dp4a.py`.
+# The references are `babybitnet/kernels/triton_gemv.py`, `babybitnet/kernels/triton_dp4a.py`
+# and `babybitnet/kernels/triton_common.py`.
 # Check your exercise with:
 #
 # ```

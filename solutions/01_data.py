@@ -157,7 +157,7 @@ print(f"loss knowing only the frequencies:  H = {entropy:.2f} nats")
 
 
 # %% tags=["exercise"]
-class Tokenizer:
+class CharTokenizer:
     """Exercise 1.2: a character tokenizer over the vocabulary `chars`.
 
     `chars` is a list of distinct characters; the id of a character is its index in it.
@@ -185,7 +185,7 @@ class Tokenizer:
 
 
 # %%
-tok = Tokenizer(chars)
+tok = CharTokenizer(chars)
 ids = tok.encode("To be, or not to be")
 print(ids)
 print(repr(tok.decode(ids)))
@@ -336,8 +336,9 @@ plt.show()
 # - A batch is a pair of $(B, T)$ int64 tensors; $y$ is $x$ one token later, so each row holds
 #   $T$ predictions.
 #
-# The package has the same pieces, which the next lessons use instead of pasting them again:
-# `babybitnet.data.CharTokenizer`, `train_val_split`, `get_batch`, and `load_dataset()`,
+# The package has the same pieces under the same names, which the next lessons use instead of
+# pasting them again: `babybitnet.data.build_vocab`, `CharTokenizer` (which takes a whole text
+# and builds its vocabulary itself), `train_val_split`, `get_batch`, and `load_dataset()`,
 # which does this whole lesson in one call. Next, in lesson 2, the simplest model that can
 # use these batches: a bigram model.
 #

@@ -188,8 +188,8 @@ print(f"counts, val:      {bigram_nll(val_data, P).item():.4f}")
 # far better than uniform guessing's 4.17 (printed by the cell above, on the
 # 2-core CPU this course was written on). No
 # bigram table can do better on that text: the normalised counts are exactly
-# the table that maximises its likelihood (the test suite checks this:
-# `tests/test_bigram.py`).
+# the table that maximises its likelihood (for a table of probabilities, the
+# maximum-likelihood estimate is the observed frequencies).
 #
 # But on the validation text the score is **infinite**. Some pair of
 # characters occurs in the validation text and never in the training text, so
@@ -391,7 +391,7 @@ plt.show()
 
 # %% [markdown]
 # The two tables look alike, and their losses agree to about 0.01 nats: run on
-# a 2-core CPU with `MPLBACKEND=Agg python solutions/02_bigram.py`, the cell
+# a 2-core CPU as a plain script (exercises solved), the cell
 # above printed a learned val loss of 2.487 against 2.482 for the counted
 # table, and 2.462 on train against the minimum 2.452. That is the "bigram
 # ~2.49" of Karpathy's *Let's build GPT* lecture. The small gap that remains is

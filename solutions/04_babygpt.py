@@ -194,13 +194,17 @@ torch.set_num_threads(threads)
 # Transformer and GPT-2: most of a transformer's parameters end up here, as
 # the count at the end of the lesson shows. The same weights are used at
 # every position, so position $t$'s output depends on position $t$'s input only.
+#
+# A stack of linear layers with activations between them is a *multi-layer
+# perceptron*, so GPT-2's code and the package call this layer an **MLP**
+# (`babybitnet.gpt.MLP`); so do we.
 
 
 # %% tags=["exercise"]
-class FeedForward(nn.Module):
+class MLP(nn.Module):
     """Exercise 4.2: the position-wise feed-forward network n_embd -> 4 n_embd -> n_embd.
 
-    FeedForward(n_embd). Use these attribute names (as babybitnet.gpt.MLP does):
+    MLP(n_embd). Use these attribute names (as babybitnet.gpt.MLP does):
       self.fc:   nn.Linear(n_embd, 4 * n_embd) (with bias)
       self.proj: nn.Linear(4 * n_embd, n_embd) (with bias)
     forward(x): x (..., n_embd) float32 -> (..., n_embd) float32: proj(relu(fc(x))).
@@ -224,7 +228,7 @@ class FeedForward(nn.Module):
 # same result: nothing moves between positions here.
 
 # %%
-ff = FeedForward(32)
+ff = MLP(32)
 print("in", tuple(x.shape), "-> out", tuple(ff(x).shape))
 one_at_a_time = torch.cat([ff(x[:, t : t + 1]) for t in range(x.shape[1])], dim=1)
 print("same as one position at a time:", torch.allclose(ff(x), one_at_a_time, atol=1e-6))
@@ -324,7 +328,7 @@ print("RMS of the first 4 positions after: ", mine[0, :4].pow(2).mean(-1).sqrt()
 #   x \leftarrow x + \operatorname{FFN}(\operatorname{RMSNorm}_2(x)).$$
 #
 # First the positions communicate, then each one computes. Use the fused
-# `CausalSelfAttention` for the attention, your `FeedForward`, and
+# `CausalSelfAttention` for the attention, your `MLP`, and
 # `nn.RMSNorm` for the norms.
 
 
@@ -336,7 +340,7 @@ class Block(nn.Module):
       self.ln1:  nn.RMSNorm(n_embd)
       self.attn: CausalSelfAttention(n_embd, n_head)
       self.ln2:  nn.RMSNorm(n_embd)
-      self.mlp:  FeedForward(n_embd) (exercise 4.2)
+      self.mlp:  MLP(n_embd) (exercise 4.2)
     forward(x): x (B, T, n_embd) float32 -> (B, T, n_embd) float32:
       x + attn(ln1(x)), then that plus mlp(ln2(that)).
     """
@@ -347,7 +351,7 @@ class Block(nn.Module):
         self.ln1 = nn.RMSNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head)
         self.ln2 = nn.RMSNorm(n_embd)
-        self.mlp = FeedForward(n_embd)
+        self.mlp = MLP(n_embd)
         ### END SOLUTION
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ from torch import nn
 
 from babybitnet.quant import activation_quant, quantize_activations, ste, weight_quant
 
+torch.set_num_threads(1)  # tiny models: one thread is as fast, and never fights other programs for the cores
+
 # %% [markdown]
 # ## 1. The training path
 #
@@ -80,8 +82,10 @@ def bitlinear_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # %% [markdown]
-# The package's `BitLinear` does the same in a single autograd node
-# (`BitLinearFunction`, faster at this size). Same values, same gradients:
+# The package has this function under the same name,
+# `babybitnet.bitlinear.bitlinear_forward`. Its `BitLinear` does the same in a
+# single autograd node (`BitLinearFunction`, faster at this size). Same
+# values, same gradients:
 
 # %%
 from babybitnet.bitlinear import BitLinear as RefBitLinear

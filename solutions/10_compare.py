@@ -131,8 +131,10 @@ def two_stage_weight_decay(step: int, cfg: TrainConfig) -> float:
 
 
 # %% [markdown]
-# The `recipe` preset's babyBitNet schedule, yours against the package's
-# (`lr_at` and `weight_decay_at`, which `train` calls before every step):
+# The `recipe` preset's babyBitNet schedule, yours against the package's.
+# `babybitnet.train` has both functions under the same names; `train` calls
+# them before every step through `lr_at` and `weight_decay_at`, which pick
+# the schedule the config names (here `two_stage`):
 
 # %%
 from babybitnet.presets import get_preset
@@ -188,8 +190,8 @@ plt.show()
 # %%
 import time
 
-from babybitnet.compare import NAMES
 from babybitnet.data import load_dataset
+from babybitnet.experiments.study import NAMES
 from babybitnet.presets import build_model
 from babybitnet.train import train
 
@@ -227,11 +229,11 @@ plt.show()
 # it and on which machine.
 
 # %%
-from babybitnet.bench import describe
-from babybitnet.compare import measured
+from babybitnet.experiments.study import measured
+from babybitnet.runtime import describe
 
 seed_run, recipe_run = measured("compare_seed"), measured("compare_recipe")
-SEED_PROJECT = {"gpt": 1.8423, "bitnet": 1.9305}  # the seed's results.csv at step 4999 (shared/REFERENCE.md)
+SEED_PROJECT = {"gpt": 1.8423, "bitnet": 1.9305}  # the seed project's results.csv, val loss at step 4999
 
 print(f"{'':28}{'babyGPT':>10}{'babyBitNet':>12}{'gap':>8}")
 print(f"{'seed project (its table)':28}{SEED_PROJECT['gpt']:>10.4f}{SEED_PROJECT['bitnet']:>12.4f}", end="")
@@ -330,8 +332,8 @@ plt.show()
 # ```
 
 # %%
-from babybitnet.ablation import markdown_table
 from babybitnet.course import show_markdown
+from babybitnet.experiments.ablation import markdown_table
 
 ablation = measured("ablation")
 print(f"ablation: {ablation['seeds']} seeds, on {describe(ablation['machine'])}\n")
@@ -433,8 +435,8 @@ plt.show()
 # - `python -m babybitnet ablate` measures what each change is worth, over
 #   seeds, on any machine with enough cores.
 #
-# The reference is `babybitnet/train.py` (`lr_at`, `weight_decay_at`),
-# `babybitnet/presets.py` (the `recipe` preset) and `babybitnet/ablation.py`.
+# The reference is `babybitnet/train.py` (`two_stage_lr`, `two_stage_weight_decay`),
+# `babybitnet/presets.py` (the `recipe` preset) and `babybitnet/experiments/ablation.py`.
 # Check your exercises with:
 #
 # ```

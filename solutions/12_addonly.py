@@ -83,7 +83,9 @@ for name, bits in [("float32", 32), ("bfloat16", 16), ("int8", 8), ("2-bit packe
 #
 # One trap: if `x` is an int8 tensor, its elements are int8 tensors too, and
 # a sum of int8 values *wraps around* past 127 ($127 + 1 = -128$). Turn each
-# element into a Python int (unbounded) before adding.
+# element into a Python int (unbounded) before adding. (The package's
+# `babybitnet.addonly.addonly_dot` is this function; `addonly_matmul_loop`
+# calls it once per token and output.)
 
 
 # %% tags=["exercise"]
@@ -166,13 +168,13 @@ print("zero weights skipped:", f"{(w_t == 0).float().mean().item():.0%}")
 # %% [markdown]
 # How do we *know* no multiplication happened? PyTorch lets us watch: a
 # `TorchFunctionMode` is called for every torch function (and tensor operator
-# such as `*` or `@`) run inside its `with` block. `babybitnet.grading`
+# such as `*` or `@`) run inside its `with` block. `babybitnet.course.grading`
 # has a small one that the graders of this lesson use; here is all of it:
 
 # %%
 import inspect
 
-from babybitnet.grading import CallRecorder
+from babybitnet.course.grading import CallRecorder
 
 print(inspect.getsource(CallRecorder))
 
@@ -374,7 +376,7 @@ plt.show()
 # Every pure-PyTorch version above builds big intermediate tensors, writes
 # them to memory and reads them back: the masks, the selected values, the
 # indices. A kernel does the whole dot product in registers and reads each
-# packed byte once. `babybitnet/csrc/ternary_gemv.cpp` (about 200 lines, read
+# packed byte once. `babybitnet/kernels/csrc/ternary_gemv.cpp` (about 200 lines, read
 # it!) does that with AVX2, the 256-bit vector instructions of x86 CPUs:
 #
 # - **32 packed bytes = 128 weights fill one register.** Bit pair $k$ of byte
@@ -395,7 +397,7 @@ plt.show()
 # - Rows are shared out over the threads with `at::parallel_for`; without
 #   AVX2 a plain loop does the same arithmetic.
 #
-# `babybitnet.addonly.load_extension()` compiles it with
+# `babybitnet.kernels.cpu.load_extension()` compiles it with
 # `torch.utils.cpp_extension` (it needs a C++ compiler and `ninja`; flags
 # `-O3 -march=native`) the first time, which takes 20 s to a minute, and
 # caches the result. Without a compiler it warns once and returns `None`; then
@@ -406,10 +408,12 @@ plt.show()
 import time
 import warnings
 
+from babybitnet.kernels import cpu
+
 t0 = time.perf_counter()
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    ext = addonly.load_extension()
+    ext = cpu.load_extension()
 for warning in caught:
     print("warning:", warning.message)
 if ext is None:
@@ -418,7 +422,7 @@ else:
     print(f"C++ kernel loaded in {time.perf_counter() - t0:.1f} s; compiled with AVX2: {ext.has_avx2()}")
     print(
         "ext_matmul_packed == int64 matmul:",
-        torch.equal(addonly.ext_matmul_packed(x_q, pack_2bit(w_t), 301).long(), x_q.long() @ w_t.long().T),
+        torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), 301).long(), x_q.long() @ w_t.long().T),
     )
 
 # %% [markdown]
@@ -432,7 +436,7 @@ impls = {  # each: (x_q, w_t, packed, k) -> int32 (M, N)
     "lut_matmul": lambda x, w, p, k: addonly.lut_matmul(x, p, k),
 }
 if ext is not None:
-    impls["C++ kernel"] = lambda x, w, p, k: addonly.ext_matmul_packed(x, p, k)
+    impls["C++ kernel"] = lambda x, w, p, k: cpu.ext_matmul_packed(x, p, k)
 gen = torch.Generator().manual_seed(4)
 cases = {}
 for m, n_out, k in [(1, 64, 64), (8, 96, 1000), (3, 17, 130)]:
@@ -449,17 +453,18 @@ for label, (x, w) in cases.items():
 # %% [markdown]
 # ## 6. How fast is it?
 #
-# `addonly.bench_matmul` times an $(M, N) \times (N, N)$ ternary matmul with
-# every backend: PyTorch's float32 `F.linear` (the baseline: what the model
-# did before), PyTorch's int8 matmul (`torch._int_mm`), the two pure-torch
+# `bench_matmul` (in `babybitnet.experiments.bench_kernels`) times an
+# $(M, N) \times (N, N)$ ternary matmul with every backend: PyTorch's float32
+# `F.linear` (the baseline: what the model did before), PyTorch's int8 matmul
+# (`torch._int_mm`), the two pure-torch
 # add-only versions and the C++ kernel. It first checks each answer against
 # the int64 product, then reports the median of several runs. A small
 # problem, live, on this machine and on one thread (the imports cell set
 # it), so that every backend gets the same single core:
 
 # %%
-from babybitnet.addonly import bench_matmul, matmul_table
 from babybitnet.course import show_markdown
+from babybitnet.experiments.bench_kernels import bench_matmul, matmul_table
 
 t0 = time.perf_counter()
 live = bench_matmul(sizes=(1024,), batches=(1,), repeats=10)
@@ -473,7 +478,7 @@ print(f"\n({time.perf_counter() - t0:.1f} s)")
 # first line says on which machine and with how many threads):
 
 # %%
-from babybitnet.compare import measured
+from babybitnet.experiments.study import measured
 
 shipped = measured("bench_matmul")
 print(f"`{shipped['command']}`\n")
@@ -560,7 +565,7 @@ for m in (1, 8):
 #
 # Lesson 13 does the same on a GPU, with a Triton kernel.
 #
-# The reference is `babybitnet/addonly.py` and `babybitnet/csrc/ternary_gemv.cpp`.
+# The reference is `babybitnet/addonly.py` and `babybitnet/kernels/csrc/ternary_gemv.cpp`.
 # Check your exercises with:
 #
 # ```

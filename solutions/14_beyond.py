@@ -34,7 +34,7 @@
 # The last two need GPUs and hours, not a CPU and two minutes. This lesson runs
 # what fits on a CPU live and reads the rest from results measured with this
 # repository's commands; they ship with the package
-# (`babybitnet.compare.measured`), and each says which command wrote it and on
+# (`babybitnet.experiments.study.measured`), and each says which command wrote it and on
 # which machine. The lesson ends with an honest list of what is left open.
 
 # %% tags=["imports"]
@@ -67,8 +67,8 @@ torch.set_num_threads(1)  # tiny models: one thread is as fast, and never fights
 # %%
 import math
 
-from babybitnet.bench import describe
-from babybitnet.compare import measured
+from babybitnet.experiments.study import measured
+from babybitnet.runtime import describe
 
 ft = measured("finetune")
 conv = ft["summary"]["after_conversion"]
@@ -95,7 +95,7 @@ print(f"\nthe switch undoes {lost:.0%} of the way from an untrained model to bab
 #
 # ### The gradual schedule
 #
-# The Hugging Face recipe (`shared/REFERENCE.md`, section 2) blends the
+# The Hugging Face recipe (the blog "Fine-tuning LLMs to 1.58bit") blends the
 # quantized values in a little at a time. For a weight matrix $W$ (and the
 # same for the activations $x$), with strength $\lambda \in [0, 1]$:
 #
@@ -118,7 +118,7 @@ print(f"\nthe switch undoes {lost:.0%} of the way from an untrained model to bab
 
 
 # %% tags=["exercise"]
-def lambda_schedule(step: int, warmup: int) -> float:
+def lambda_at(step: int, warmup: int) -> float:
     """Exercise 14.1: the quantization strength at fine-tuning step `step` (int, >= 0): a Python float in [0, 1].
 
     min(step / warmup, 1) for warmup > 0; 1.0 for every step when warmup == 0 (the abrupt switch).
@@ -134,21 +134,21 @@ def lambda_schedule(step: int, warmup: int) -> float:
 
 
 # %% [markdown]
-# Yours against the package's `lambda_at`, which `finetune` calls before every
-# step, over the fine-tunes' 2,500 steps:
+# Yours against the package's `babybitnet.finetune.lambda_at` (the same name:
+# `finetune` calls it before every step), over the fine-tunes' 2,500 steps:
 
 # %%
-from babybitnet.finetune import lambda_at
+from babybitnet.finetune import lambda_at as package_lambda_at
 
 steps = range(2500)
 for w in (0, 500, 1000):
-    same = all(math.isclose(lambda_schedule(s, w), lambda_at(s, w)) for s in steps)
-    print(f"warmup {w:>4}: equals lambda_at at every step: {same};  lambda at steps 0, 250, 1000:", end=" ")
-    print(", ".join(f"{lambda_schedule(s, w):g}" for s in (0, 250, 1000)))
+    same = all(math.isclose(lambda_at(s, w), package_lambda_at(s, w)) for s in steps)
+    print(f"warmup {w:>4}: equals the package's at every step: {same};  lambda at steps 0, 250, 1000:", end=" ")
+    print(", ".join(f"{lambda_at(s, w):g}" for s in (0, 250, 1000)))
 
 fig, ax = plt.subplots(figsize=(8, 2.8))
 for w in (0, 500, 1000):
-    ax.plot(steps, [lambda_schedule(s, w) for s in steps], label=f"warmup {w}" + (" (abrupt)" if w == 0 else ""))
+    ax.plot(steps, [lambda_at(s, w) for s in steps], label=f"warmup {w}" + (" (abrupt)" if w == 0 else ""))
 ax.set(xlabel="fine-tuning step", ylabel=r"$\lambda$", title="Quantization strength during fine-tuning")
 ax.grid(alpha=0.3)
 ax.legend()
@@ -178,7 +178,8 @@ def gradual_quant(x: torch.Tensor, x_q: torch.Tensor, lam: float) -> torch.Tenso
 
 # %% [markdown]
 # BitLinear does exactly this when its `lam` is below 1 (lesson 9's layer,
-# with the `lam` attribute `finetune` sets): to the input with the 8-bit
+# with the `lam` attribute `finetune` sets), with the package's
+# `babybitnet.bitlinear.gradual_quant`: to the input with the 8-bit
 # quantizer, to the weights with the ternary one. Yours, put into a linear
 # layer, against a BitLinear at $\lambda = 0.3$, and the gradient it passes back:
 
@@ -304,7 +305,7 @@ plt.show()
 
 # %%
 from babybitnet.course import show_markdown
-from babybitnet.finetune import markdown_table as finetune_table
+from babybitnet.experiments.finetune import markdown_table as finetune_table
 
 ft_low = measured("finetune_lr1e-3")
 for run in (ft, ft_low):
@@ -396,7 +397,7 @@ print(f"best {sc['best_val']['mean'] - g['best_val']['mean']:+.4f}")
 #
 # ## 2. Does the gap close with scale?
 #
-# The BitNet b1.58 paper (arXiv 2402.17764, `shared/REFERENCE.md` section 2)
+# The BitNet b1.58 paper (arXiv 2402.17764, "The Era of 1-bit LLMs")
 # trains BitNet b1.58 and a full-precision LLaMA at three sizes and reports
 # perplexity on held-out text (lower is better):
 #
@@ -416,7 +417,7 @@ print(f"best {sc['best_val']['mean'] - g['best_val']['mean']:+.4f}")
 # same number of characters. The result, from two H100s:
 
 # %%
-from babybitnet import scale as scale_study
+from babybitnet.experiments import scale as scale_study
 
 sc_run = measured("scale")
 print(f"`{sc_run['command']}`: {sc_run['note']}")
@@ -519,7 +520,7 @@ for label, run in [("nanoGPT's own settings", nano), ("the recipe's schedule", n
 # all-reduce over NCCL), so every copy takes the very same optimizer step, as
 # one process with the whole batch would. Rank 0 alone prints, shows
 # progress and saves the checkpoint (every rank evaluates, on the same
-# windows; see `babybitnet/distributed.py` and `babybitnet/train.py`). The commands:
+# windows; see `babybitnet/runtime.py` and `babybitnet/train.py`). The commands:
 #
 # ```
 # python -m babybitnet train --preset nanogpt --model bitnet --out one.pt
@@ -622,8 +623,9 @@ plt.show()
 #   faster than one.
 #
 # The reference is `babybitnet/finetune.py` (`lambda_at`, `to_bitnet`,
-# `finetune`), `babybitnet/bitlinear.py` (`BitLinear.lam`),
-# `babybitnet/scale.py` and `babybitnet/distributed.py`.
+# `finetune`), `babybitnet/bitlinear.py` (`gradual_quant`, `BitLinear.lam`),
+# `babybitnet/experiments/finetune.py`, `babybitnet/experiments/scale.py`
+# and `babybitnet/runtime.py`.
 # Check your exercises with:
 #
 # ```

@@ -1,7 +1,7 @@
 import json
 
-from babybitnet import ablation
-from babybitnet.ablation import Variant, ablate, markdown_table
+from babybitnet.experiments import ablation
+from babybitnet.experiments.ablation import Variant, ablate, markdown_table
 
 
 def test_ablate_runs_every_variant_per_seed_and_reports_deltas(monkeypatch, tmp_path):

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
 import warnings
 
 import pytest
 import torch
+from helpers import exact
+from helpers import ternary_case as random_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from babybitnet import addonly as A
 from babybitnet.bitlinear import int_linear
-from babybitnet.grading import MULTIPLIES, CallRecorder
+from babybitnet.course.grading import MULTIPLIES, CallRecorder
+from babybitnet.experiments import bench_kernels as BK
+from babybitnet.kernels import cpu
 from babybitnet.packing import pack_2bit
 from babybitnet.quant import ternarize
 
@@ -23,22 +33,11 @@ def ext():
     """The compiled kernel, or a skip saying why it is not there."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        module = A.load_extension()
+        module = cpu.load_extension()
     if module is None:
-        why = "; ".join(str(w.message) for w in caught) or f"{A.NO_EXT_ENV} is set"
+        why = "; ".join(str(w.message) for w in caught) or f"{cpu.NO_EXT_ENV} is set"
         pytest.skip(f"C++ extension unavailable: {why}")
     return module
-
-
-def exact(x_q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    return (x_q.long() @ w_t.long().T).int()
-
-
-def random_case(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x_q = torch.randint(-127, 128, (m, k), generator=g).to(torch.int8)
-    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
-    return x_q, w_t
 
 
 def all_results(x_q: torch.Tensor, w_t: torch.Tensor, with_loop: bool = True) -> dict[str, torch.Tensor]:
@@ -48,8 +47,8 @@ def all_results(x_q: torch.Tensor, w_t: torch.Tensor, with_loop: bool = True) ->
     if with_loop:
         out["loop"] = A.addonly_matmul_loop(x_q, w_t)
     out.update({name: fn(x_q, packed, k) for name, fn in PACKED_IMPLS.items()})
-    if A.load_extension() is not None:
-        out["ext"] = A.ext_matmul_packed(x_q, packed, k)
+    if cpu.load_extension() is not None:
+        out["ext"] = cpu.ext_matmul_packed(x_q, packed, k)
     return out
 
 
@@ -115,7 +114,7 @@ def test_no_overflow_at_large_k(ext, k, sign):
     w_t[2, 1::2] = 0  # and a row that keeps half of them
     want = exact(x_q, w_t)
     assert want.abs().max() == 127 * k  # the case really is extreme
-    assert torch.equal(A.ext_matmul_packed(x_q, pack_2bit(w_t), k), want)
+    assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), want)
     assert torch.equal(A.addonly_matmul_packed(x_q, pack_2bit(w_t), k), want)
 
 
@@ -123,7 +122,7 @@ def test_ext_random_large(ext):
     """The sizes the benchmark uses (one token and a batch), rows of random ternary weights."""
     for m in (1, 8):
         x_q, w_t = random_case(m, 96, 4096, seed=m)
-        assert torch.equal(A.ext_matmul_packed(x_q, pack_2bit(w_t), 4096), exact(x_q, w_t))
+        assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), 4096), exact(x_q, w_t))
 
 
 def test_ext_obeys_thread_count(ext):
@@ -134,7 +133,7 @@ def test_ext_obeys_thread_count(ext):
         results = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append(A.ext_matmul_packed(x_q, packed, 1000))
+            results.append(cpu.ext_matmul_packed(x_q, packed, 1000))
     finally:
         torch.set_num_threads(old)
     assert torch.equal(results[0], exact(x_q, w_t)) and torch.equal(results[1], results[0])
@@ -174,7 +173,7 @@ def test_recorder_catches_a_matmul():
 @pytest.mark.parametrize("groups", [1, 12])
 def test_packed_linear_matches_int_linear(monkeypatch, groups, no_ext):
     if no_ext:
-        monkeypatch.setenv(A.NO_EXT_ENV, "1")
+        monkeypatch.setenv(cpu.NO_EXT_ENV, "1")
     g = torch.Generator().manual_seed(groups)
     k, n = 130, 48
     w_t, s_w = ternarize(torch.randn(n, k, generator=g), groups)
@@ -193,8 +192,8 @@ def test_row_scales_follow_groups():
 
 # ---------------------------------------------------------------- the fallback
 def test_no_ext_env_forces_pure_torch(monkeypatch):
-    monkeypatch.setenv(A.NO_EXT_ENV, "1")
-    assert A.load_extension() is None
+    monkeypatch.setenv(cpu.NO_EXT_ENV, "1")
+    assert cpu.load_extension() is None
     calls = []
     real = A.addonly_matmul_packed
     monkeypatch.setattr(A, "addonly_matmul_packed", lambda *a: calls.append(1) or real(*a))
@@ -202,21 +201,21 @@ def test_no_ext_env_forces_pure_torch(monkeypatch):
     assert torch.equal(A.matmul_packed(x_q, pack_2bit(w_t), 21), exact(x_q, w_t))
     assert calls, "the fallback was not used"
     with pytest.raises(RuntimeError, match="unavailable"):
-        A.ext_matmul_packed(x_q, pack_2bit(w_t), 21)
+        cpu.ext_matmul_packed(x_q, pack_2bit(w_t), 21)
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch):
     from torch.utils import cpp_extension
 
-    monkeypatch.delenv(A.NO_EXT_ENV, raising=False)
-    monkeypatch.setattr(A, "_ext", None)
-    monkeypatch.setattr(A, "_ext_tried", False)
+    monkeypatch.delenv(cpu.NO_EXT_ENV, raising=False)
+    monkeypatch.setattr(cpu, "_ext", None)
+    monkeypatch.setattr(cpu, "_ext_tried", False)
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="ninja"):
-        assert A.load_extension() is None
+        assert cpu.load_extension() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second call must stay quiet
-        assert A.load_extension() is None
+        assert cpu.load_extension() is None
     x_q, w_t = random_case(2, 5, 21, seed=5)
     assert torch.equal(A.matmul_packed(x_q, pack_2bit(w_t), 21), exact(x_q, w_t))
 
@@ -250,23 +249,130 @@ def test_ext_rejects_minus_128(ext):
     x_q, w_t = random_case(2, 3, 300, seed=7)
     x_q[1, 257] = -128
     with pytest.raises(ValueError, match=r"\[-127, 127\]"):
-        A.ext_matmul_packed(x_q, pack_2bit(w_t), 300)
+        cpu.ext_matmul_packed(x_q, pack_2bit(w_t), 300)
     assert torch.equal(A.addonly_matmul_packed(x_q, pack_2bit(w_t), 300), exact(x_q, w_t))  # pure torch copes
 
 
 # ---------------------------------------------------------------- the benchmark
 def test_bench_matmul_small():
-    res = A.bench_matmul(sizes=(64,), batches=(1, 3), repeats=2)
+    res = BK.bench_matmul(sizes=(64,), batches=(1, 3), repeats=2)
     assert [(r["n"], r["m"]) for r in res["rows"]] == [(64, 1), (64, 3)]
     row = res["rows"][0]
     assert row["speedup_vs_fp32"]["torch fp32 F.linear"] == 1.0
     assert "lut_matmul (pure torch)" in row["us"] and all(v > 0 for v in row["us"].values())
-    assert ("C++ kernel (ternary_matmul_packed)" in row["us"]) == (A.load_extension() is not None)
-    table = A.matmul_table(res)
+    assert ("C++ kernel (ternary_matmul_packed)" in row["us"]) == (cpu.load_extension() is not None)
+    table = BK.matmul_table(res)
     assert "faster than fp32" in table and "| 64 x 64 | 3 |" in table and res["machine"]["cpu"] in table
 
 
 def test_bench_rejects_a_wrong_backend(monkeypatch):
-    monkeypatch.setattr(A, "lut_matmul", lambda x_q, packed, k: torch.zeros(x_q.shape[0], packed.shape[0]))
+    monkeypatch.setattr(BK, "lut_matmul", lambda x_q, packed, k: torch.zeros(x_q.shape[0], packed.shape[0]))
     with pytest.raises(RuntimeError, match="lut_matmul"):
-        A.bench_matmul(sizes=(16,), batches=(1,), repeats=1)
+        BK.bench_matmul(sizes=(16,), batches=(1,), repeats=1)
+
+
+# ---------------------------------------------------------------- the build directory and its lock
+def _fake_torch_load(calls):
+    """``cpp_extension.load`` as torch does it, but without compiling: a FileBaton named "lock" in the build directory,
+    where torch would wait forever (``baton.wait()``) for a lock someone left; here that is a failure."""
+    from torch.utils.cpp_extension import FileBaton
+
+    def load(name, sources, extra_cflags, build_directory, verbose):
+        baton = FileBaton(os.path.join(build_directory, "lock"))
+        if not baton.try_acquire():
+            raise AssertionError("torch would wait forever for the lock file")
+        try:
+            calls.append(build_directory)
+            return types.SimpleNamespace(ternary_matmul_packed=None)  # stands for the compiled module
+        finally:
+            baton.release()
+
+    return load
+
+
+@pytest.fixture
+def fresh_build(tmp_path, monkeypatch):
+    """load_extension() as on a first call, building (with the fake load) into a build directory under tmp_path."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(cpu.NO_EXT_ENV, raising=False)
+    monkeypatch.setattr(cpu, "_ext", None)
+    monkeypatch.setattr(cpu, "_ext_tried", False)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: f"/usr/bin/{name}")
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", _fake_torch_load(calls))
+    build_dir = cpu._build_directory()
+    assert build_dir.is_relative_to(tmp_path)
+    return build_dir, calls
+
+
+def _reset(monkeypatch):
+    monkeypatch.setattr(cpu, "_ext", None)
+    monkeypatch.setattr(cpu, "_ext_tried", False)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_one(fresh_build):
+    build_dir, calls = fresh_build
+    (build_dir / "lock").touch()  # what a build killed half way leaves behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu.load_extension() is not None  # built (here: the fake load ran), no warning
+    assert calls == [str(build_dir)] and not (build_dir / "lock").exists()
+
+
+HOLD_LOCK = """
+import fcntl, pathlib, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+pathlib.Path(sys.argv[2]).touch()  # and torch's lock, as a build in progress has
+print("LOCKED", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_build_in_progress_is_waited_for_then_given_up_and_a_killed_one_is_cleaned(fresh_build, monkeypatch):
+    build_dir, calls = fresh_build
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(build_dir / cpu.BUILD_LOCK), str(build_dir / "lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "LOCKED\n"
+        # another live process is building: wait LOCK_WAIT_S, then one warning and the pure-torch fallback
+        monkeypatch.setattr(cpu, "LOCK_WAIT_S", 0.5)
+        start = time.monotonic()
+        with pytest.warns(RuntimeWarning, match=r"unavailable, using pure torch instead \(another process has been"):
+            assert cpu.load_extension() is None
+        assert 0.5 <= time.monotonic() - start < 30 and calls == []  # its lock was left alone
+        assert (build_dir / "lock").exists()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cpu.load_extension() is None  # once: no second warning, no second wait
+        # the builder is killed half way: the OS drops its flock; torch's lock file stays behind
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert (build_dir / "lock").exists()
+    _reset(monkeypatch)
+    assert cpu.load_extension() is not None and calls == [str(build_dir)]
+    assert not (build_dir / "lock").exists()
+
+
+def test_build_directory_is_per_source_and_flags(fresh_build, tmp_path, monkeypatch):
+    build_dir, _ = fresh_build
+    edited = tmp_path / "ternary_gemv.cpp"
+    edited.write_bytes(cpu._SOURCE.read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(cpu, "_SOURCE", edited)
+    other_source = cpu._build_directory()
+    assert other_source != build_dir and other_source.parent == build_dir.parent
+    monkeypatch.setattr(cpu, "_SOURCE", tmp_path / "ternary_gemv.cpp")
+    monkeypatch.setattr(cpu, "_compile_flags", lambda: ["-O0"])
+    assert cpu._build_directory() not in (build_dir, other_source)

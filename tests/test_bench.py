@@ -2,9 +2,10 @@ import json
 
 import torch
 
-from babybitnet.bench import bench_train, describe, machine_info, seed_style_gpt
 from babybitnet.cli import main
+from babybitnet.experiments.bench import bench_train, seed_style_gpt
 from babybitnet.gpt import GPT, GPTConfig
+from babybitnet.runtime import describe, machine_info
 
 
 def test_seed_style_gpt_has_the_same_parameters_and_computes_the_same_function():

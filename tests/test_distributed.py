@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from babybitnet.data import load_dataset
-from babybitnet.distributed import is_main, rank_and_world
 from babybitnet.presets import build_model
+from babybitnet.runtime import is_main, rank_and_world
 from babybitnet.train import train
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from babybitnet.bigram import BigramLanguageModel
 from babybitnet.bitlinear import BitLinear, BitLinearFunction, int_linear, set_quant_strength
-from babybitnet.finetune import compare_finetune, finetune, lambda_at, summarize, to_bitnet
+from babybitnet.experiments.finetune import compare_finetune, summarize
+from babybitnet.finetune import finetune, lambda_at, to_bitnet
 from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.quant import activation_quant, weight_quant
 from babybitnet.train import TrainConfig, train
@@ -153,8 +154,10 @@ def test_to_bitnet_refuses_to_drop_biases_silently():
 def test_to_bitnet_errors_are_clear():
     with pytest.raises(ValueError, match="already a babyBitNet"):
         to_bitnet(GPT(GPTConfig(**TINY, linear="bitnet")))
+    blockless = GPT(GPTConfig(**TINY))
+    blockless.blocks = torch.nn.ModuleList()  # a config cannot say n_layer=0 any more: remove the blocks instead
     with pytest.raises(ValueError, match="no nn.Linear"):
-        to_bitnet(GPT(GPTConfig(**{**TINY, "n_layer": 0})))
+        to_bitnet(blockless)
     with pytest.raises(TypeError, match="BigramLanguageModel"):
         to_bitnet(BigramLanguageModel(TINY["vocab_size"]))
 
@@ -318,7 +321,7 @@ def test_jobs_2_gives_the_same_numbers_as_jobs_1(tmp_path):
 
 
 def test_results_are_written_after_every_task(tmp_path, monkeypatch):
-    import babybitnet.finetune as ft
+    import babybitnet.experiments.finetune as ft
 
     def boom(seed: int, settings: dict) -> dict:
         assert (tmp_path / "results.json").is_file()  # the chain, which ran first, is already saved
@@ -388,8 +391,9 @@ def test_cli_finetune(tmp_path, capsys):
     assert (args.seeds, args.lr, args.jobs) == ([1, 2, 3], 1e-3, 6)
     args = build_parser().parse_args(["finetune"])
     assert (args.seeds, args.lr, args.jobs) == ([1337], None, 1)
-    assert main(["finetune", "--jobs", "0", "--out", str(tmp_path)]) == 2
-    assert "jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a usage error of argparse's, before anything runs
+        main(["finetune", "--jobs", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "--jobs: must be a whole number >= 1" in capsys.readouterr().err
     argv = ["finetune", "--s1", "2", "--s2", "2", "--warmup", "1", "--eval-iters", "1", "--device", "cpu"]
     assert main([*argv, "--seeds", "4", "8", "--lr", "2e-3", "--out", str(tmp_path), "--quiet"]) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -400,8 +404,8 @@ def test_cli_finetune(tmp_path, capsys):
 
 # ---------------------------------------------------------------- fine-tuning a checkpoint
 def _gpt_checkpoint(tmp_path, bias: bool = False, linear: str = "gpt"):
-    from babybitnet.checkpoint import save_checkpoint
     from babybitnet.data import load_dataset
+    from babybitnet.files import save_checkpoint
     from babybitnet.presets import build_model
 
     tok, _, _ = load_dataset()
@@ -410,8 +414,8 @@ def _gpt_checkpoint(tmp_path, bias: bool = False, linear: str = "gpt"):
 
 
 def test_finetune_checkpoint_writes_a_bitnet(tmp_path):
-    from babybitnet.checkpoint import load_checkpoint
-    from babybitnet.finetune import finetune_checkpoint
+    from babybitnet.experiments.finetune import finetune_checkpoint
+    from babybitnet.files import load_checkpoint
 
     path = _gpt_checkpoint(tmp_path)
     r = finetune_checkpoint(path, tmp_path / "ft.pt", s2=6, warmup=3, lr=1e-3, eval_iters=2, progress=False)
@@ -424,7 +428,7 @@ def test_finetune_checkpoint_writes_a_bitnet(tmp_path):
 
 
 def test_finetune_checkpoint_errors(tmp_path):
-    from babybitnet.finetune import finetune_checkpoint
+    from babybitnet.experiments.finetune import finetune_checkpoint
 
     with pytest.raises(ValueError, match="babyBitNet already"):
         finetune_checkpoint(_gpt_checkpoint(tmp_path, linear="bitnet"), tmp_path / "a.pt", s2=2, progress=False)

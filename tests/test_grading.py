@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -10,16 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from babybitnet.course import make_stub
-from babybitnet.grading import (
+from babybitnet.course import grading
+from babybitnet.course.grading import (
     ExerciseTimeout,
     GradingError,
+    LearnerInterrupt,
     assert_close,
+    assert_rounded,
     assert_same,
+    classify_failure,
     describe_failure,
     load_lesson,
     time_limit,
 )
+from babybitnet.course.lessons import make_stub
 
 
 def message(fn, got, expected, *args, **kwargs) -> str:
@@ -219,9 +224,130 @@ def test_errors_raised_in_the_learners_code_name_the_line(tmp_path):
         load_lesson(path).get("f")([1])
     assert (
         describe_failure(e.value, path)
-        == f"your code raised IndexError: list index out of range (line {line_of(src, 'xs[5]')} of 09_index.py)"
+        == f"raised IndexError: list index out of range (line {line_of(src, 'xs[5]')} of 09_index.py)"
     )
     assert describe_failure(AssertionError("x: expected 1, got 2\nmore")) == "x: expected 1, got 2"
+
+
+def test_failures_are_classified_by_what_the_learners_code_did(tmp_path):
+    src = HEADER + (
+        '\n# %% tags=["exercise"]\ndef f(how):\n    """Exercise 9.1: misbehaves."""\n'
+        "    if how == 'exit':\n        raise SystemExit(3)\n"
+        "    if how == 'interrupt':\n        raise KeyboardInterrupt('stop')\n"
+        "    return None\n"
+    )
+    path = write(tmp_path, "09_odd.py", src)
+    f = load_lesson(path).get("f")
+
+    def kind_of(how):
+        try:
+            try:
+                _ = f(how).shape  # what a grader does with the answer
+            except KeyboardInterrupt as e:  # what `check`'s child process does with it
+                raise LearnerInterrupt(str(e)) from e
+        except (Exception, SystemExit) as e:
+            return classify_failure(e, path)
+
+    line = line_of(src, "raise SystemExit")
+    assert kind_of("exit") == ("exited", f"exited (sys.exit(3) in your code, line {line} of 09_odd.py)")
+    line = line_of(src, "raise KeyboardInterrupt")
+    assert kind_of("interrupt") == ("raised", f"raised KeyboardInterrupt: stop (line {line} of 09_odd.py)")
+    kind, text = kind_of("none")
+    assert kind == "error" and text.startswith("raised AttributeError: 'NoneType' object has no attribute 'shape'")
+    assert "in the grader, not in 09_odd.py" in text
+    assert classify_failure(AssertionError("x: expected 1, got 2")) == ("wrong", "x: expected 1, got 2")
+    assert classify_failure(GradingError("Exercise 9.1 did not load")) == ("lesson", "Exercise 9.1 did not load")
+
+
+def test_a_keyboard_interrupt_while_loading_is_the_lessons_only_in_checks_child(tmp_path, monkeypatch):
+    src = HEADER + '\n# %% tags=["exercise"]\ndef f():\n    """Exercise 9.1: interrupts."""\n\n\n'
+    src += "raise KeyboardInterrupt\n"
+    path = write(tmp_path, "09_ki.py", src)
+    with pytest.raises(KeyboardInterrupt):  # a real Ctrl-C stops the grading
+        load_lesson(path)
+    monkeypatch.setattr(grading, "interrupts_are_the_lessons", True)
+    with pytest.raises(GradingError, match=r"^Exercise 9\.1 did not load: it raised KeyboardInterrupt at line"):
+        load_lesson(path).get("f")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording comparisons, for `check` to re-run them in its own process
+
+
+def roundtrip(value):
+    """What `check`'s parent reads back: encode, torch.save, torch.load(weights_only=True), decode."""
+    buf = io.BytesIO()
+    torch.save(grading.encode_plain(value), buf)
+    buf.seek(0)
+    return grading.decode_plain(torch.load(buf, weights_only=True))
+
+
+def test_recorded_values_come_back_as_the_same_types_and_values():
+    value = {
+        "t": torch.randn(3, 2)[:, 1],
+        "b": torch.tensor([1.5], dtype=torch.bfloat16),
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "a": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "n": np.float32(0.25),
+        7: [1, 2, 3],
+        "mixed": (1, "x", None, True, 2.5, 1 + 2j, b"ab", torch.long, torch.Size([2, 3])),
+        "nested": [[{"k": (1.0,)}]],
+    }
+    back = roundtrip(value)
+    assert_same(back, value, "the round trip")
+    assert type(back["p"]) is torch.Tensor and type(back["mixed"]) is tuple and type(back[7]) is list
+    assert type(back["n"]) is np.float32 and back["a"].dtype == np.int16
+    assert roundtrip(list(range(10**5))) == list(range(10**5))  # a long encoded text: fast and compact
+
+    class Mine:
+        pass
+
+    assert grading.encode_plain([1, Mine()]) is None  # not plain data: not recorded (and never re-run)
+
+    class Text(str):  # could compare equal to anything
+        pass
+
+    assert grading.encode_plain(Text("x")) is None
+
+
+def test_a_patched_diff_fools_the_process_it_is_in_not_the_verification(monkeypatch):
+    with grading.recording() as comparisons:
+        assert_same(torch.ones(3), torch.ones(3), "right")
+        assert_rounded(torch.ones(2), torch.ones(2), torch.ones(2), "rounded")  # one record, not two
+        with pytest.raises(AssertionError):
+            assert_close(1.0, 2.0, "a failure the grader expects")
+        with monkeypatch.context() as m:
+            m.setattr(grading, "_diff", lambda *a, **k: None)  # what a lesson could do
+            assert_same(torch.zeros(3), torch.ones(3), "wrong")  # passes: the helper is fooled
+    assert [(c["helper"], c["passed"]) for c in comparisons] == [
+        ("assert_same", True),
+        ("assert_rounded", True),
+        ("assert_close", False),
+        ("assert_same", True),
+    ]
+    buf = io.BytesIO()
+    torch.save(comparisons, buf)  # as the child sends them
+    buf.seek(0)
+    checked, problem = grading.verify_comparisons(torch.load(buf, weights_only=True))
+    assert checked == 3  # the failed one is not re-run: the grader caught it and the test went on
+    assert problem == "wrong: first mismatch at index 0: expected 1.0, got 0.0 (3 of 3 values differ)"
+    assert grading.verify_comparisons(comparisons[:2]) == (2, None)
+    assert grading.verify_comparisons([]) == (0, None)
+    assert assert_same(1, 1, "no recording outside the block") is None and grading._recording is None
+
+
+def test_which_grader_tests_must_record_a_comparison(tmp_path):
+    path = write(
+        tmp_path,
+        "test_lesson09.py",
+        "from babybitnet.course.grading import as_float, assert_same\n\n"
+        "def check_it(x):\n    assert_same(x, 1, 'x')\n\n"
+        "def through(x):\n    check_it(x)\n\n"
+        "def test_direct(lesson):\n    as_float(1.0, 'y')\n\n"
+        "def test_through_two_helpers(lesson):\n    through(1)\n\n"
+        "def test_plain(lesson):\n    assert 1 == 1\n",
+    )
+    assert grading.comparing_tests(path) == {"test_direct", "test_through_two_helpers"}
 
 
 def test_time_limits_nest_and_restore_the_outer_one():

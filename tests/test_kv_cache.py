@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from babybitnet.attention import CausalSelfAttention, KVCache, MultiHeadAttention
-from babybitnet.bench import bench_generate, generate_table
 from babybitnet.cli import main
+from babybitnet.experiments.bench import bench_generate, generate_table
 from babybitnet.gpt import GPT, GPTConfig
 
 LINEARS = ["fp", "bitnet"]

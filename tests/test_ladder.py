@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from babybitnet import ladder as L
 from babybitnet.cli import main
+from babybitnet.experiments import ladder as L
 from babybitnet.gpt import GPT
 from babybitnet.train import TrainConfig, train
 

@@ -6,19 +6,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from babybitnet.bitlinear import BitLinear
-from babybitnet.checkpoint import save_checkpoint
 from babybitnet.cli import main
 from babybitnet.data import CharTokenizer
+from babybitnet.experiments.bench import memory_report
+from babybitnet.files import METADATA_KEY, _packed_digest, load_packed, save_checkpoint, save_packed
 from babybitnet.gpt import GPT, GPTConfig
-from babybitnet.packed import (
-    METADATA_KEY,
-    PackedBitLinear,
-    _checksum,
-    load_packed,
-    memory_report,
-    pack_model,
-    save_packed,
-)
+from babybitnet.packed import PackedBitLinear, pack_model
 from babybitnet.packing import FORMATS
 
 TINY = dict(linear="bitnet", n_layer=1, n_embd=32, n_head=2, block_size=16)
@@ -105,6 +98,18 @@ def test_packed_model_gives_the_same_logits_and_text(fmt, bitlinear_norm):
     assert out_packed.shape == (1, 23) and torch.equal(out_packed, out_model)
 
 
+def test_nan_latent_weights_refuse_to_pack():
+    model = tiny_bitnet()
+    with torch.no_grad():
+        model.blocks[0].mlp.proj.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"cannot pack layer 'blocks.0.mlp.proj': the latent weights hold 1 NaN/inf"):
+        pack_model(model)
+    with torch.no_grad():
+        model.blocks[0].mlp.proj.weight[3, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        PackedBitLinear.from_bitlinear(model.blocks[0].mlp.proj)
+
+
 def test_babygpt_refuses_to_pack(tmp_path):
     gpt = GPT(GPTConfig(**{**TINY, "linear": "fp"}))
     with pytest.raises(ValueError, match=r"only babyBitNet \(linear='bitnet'\) can be packed"):
@@ -126,7 +131,7 @@ def test_save_load_round_trip(tmp_path, fmt):
         assert f.get_tensor("blocks.0.attn.qkv.scale").shape == (6,)  # 3 * n_head groups
         header = json.loads(f.metadata()[METADATA_KEY])
     assert "blocks.0.attn.qkv.weight" not in keys and "tok_emb.weight" in keys and "lm_head.weight" in keys
-    assert header["packing"] == fmt and header["version"] == 1 and header["tokenizer"] == TOKENIZER.to_dict()
+    assert header["packing"] == fmt and header["version"] == 2 and header["tokenizer"] == TOKENIZER.to_dict()
     loaded, tok, meta = load_packed(path)
     assert meta == {"preset": "tiny", "n": 3} and tok.chars == TOKENIZER.chars
     assert loaded.config == model.config and not loaded.training
@@ -192,14 +197,65 @@ def _rewrite(path, edit_header=None, edit_tensors=None, fix_checksum=True):
     if edit_header:
         edit_header(header)
     if fix_checksum:
-        header["sha256"] = _checksum(tensors)
+        header["sha256"] = _packed_digest(tensors, header)
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(header)})
 
 
 def test_wrong_version(packed_file):
     _rewrite(packed_file, edit_header=lambda h: h.update(version=99))
-    with pytest.raises(ValueError, match="version 99, this babybitnet reads version 1; re-pack"):
+    with pytest.raises(ValueError, match="version 99, this babybitnet reads version 2; re-pack"):
         load_packed(packed_file)
+    # version 1 (its checksum covered the tensors only) is refused the same way, not as "damaged"
+    _rewrite(packed_file, edit_header=lambda h: h.update(version=1))
+    with pytest.raises(ValueError, match="version 1, this babybitnet reads version 2; re-pack"):
+        load_packed(packed_file)
+
+
+def _set_layer(name, **values):
+    return lambda h: h["layers"][name].update(values)
+
+
+METADATA_EDITS = {
+    "activation": lambda h: h["config"].update(activation="gelu"),  # same tensors, other outputs
+    "attn_scale": lambda h: h["config"].update(attn_scale="embd"),
+    "dropout": lambda h: h["config"].update(dropout=0.1),
+    "tokenizer": lambda h: h["tokenizer"].update(chars=h["tokenizer"]["chars"][::-1]),
+    "act_bits": _set_layer("blocks.0.mlp.fc", act_bits=4),
+    "weight_groups": _set_layer("blocks.0.mlp.fc", weight_groups=2),
+    "packing": lambda h: h.update(packing="base3"),
+    "meta": lambda h: h["meta"].update(note="edited"),
+}
+
+
+@pytest.mark.parametrize("edit", METADATA_EDITS.values(), ids=METADATA_EDITS.keys())
+def test_edited_metadata_is_refused(packed_file, edit):
+    """The checksum covers the header too: the tensors alone do not decide what the model outputs."""
+    _rewrite(packed_file, edit_header=edit, fix_checksum=False)
+    with pytest.raises(ValueError, match=r"m\.safetensors: the packed model does not match its checksum: the file was "
+                       r"modified or damaged") as e:  # fmt: skip
+        load_packed(packed_file)
+    assert "\n" not in str(e.value)
+
+
+RECHECKED_EDITS = {  # a tool that rewrites the header and its checksum: the structure is still checked
+    "layer shape": (_set_layer("blocks.0.mlp.fc", in_features=31), r"packed layer 'blocks.0.mlp.fc' is .*its config"),
+    "act_bits 1": (_set_layer("blocks.0.mlp.fc", act_bits=1), r"activation bits must be an int from 2 to 8, got 1"),
+    "groups": (_set_layer("blocks.0.mlp.fc", weight_groups=7), r"must split into weight_groups=7"),
+    "layer key": (_set_layer("blocks.0.mlp.fc", rope=1), r"packed layer 'blocks.0.mlp.fc' is"),
+    "huge": (lambda h: h["config"].update(n_layer=100_000), r"invalid config in the file: n_layer must be at most"),
+    "unknown key": (lambda h: h["config"].update(rope=True), r"the config has unknown keys \['rope'\]"),
+    "missing key": (lambda h: h["config"].pop("bias"), r"lacks \['bias'\]"),
+    "packing": (lambda h: h.update(packing="3bit"), r"unknown packing format '3bit'"),
+    "tokenizer": (lambda h: h.update(tokenizer={"chars": ""}), r"invalid tokenizer in the file"),
+}
+
+
+@pytest.mark.parametrize("edit, pattern", RECHECKED_EDITS.values(), ids=RECHECKED_EDITS.keys())
+def test_bad_metadata_with_a_valid_checksum_is_one_clear_line(packed_file, edit, pattern):
+    _rewrite(packed_file, edit_header=edit)
+    with pytest.raises(ValueError, match=pattern) as e:
+        load_packed(packed_file)
+    assert "\n" not in str(e.value) and str(packed_file) in str(e.value)
 
 
 def test_missing_and_extra_tensors(packed_file):

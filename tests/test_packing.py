@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from babybitnet.packing import (
     FORMATS,
+    ZERO_BYTE,
     bits_per_weight,
     pack,
     pack_2bit,
@@ -22,24 +23,37 @@ PER_BYTE = {"2bit": 4, "base3": 5}
 
 @st.composite
 def ternary_tensors(draw):
-    """int8 tensors of 1-4 dims, last dim 1..70 (multiples of 4 and 5 and not), values in {-1, 0, 1}."""
-    lead = draw(st.lists(st.integers(1, 4), min_size=0, max_size=3))
-    n = draw(st.integers(1, 70))
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-1, 2, (*lead, n), generator=g, dtype=torch.int8)
+    """int8 tensors of 1-4 dims, every size 0..3 but the last 0..13 (multiples of 4 and 5 and not), zero-size ones
+    included, values in {-1, 0, 1} (one drawn byte each: hypothesis can still shrink a failure, and fast)."""
+    lead = draw(st.lists(st.integers(0, 3), min_size=0, max_size=3))
+    n = draw(st.integers(0, 13))
+    count = math.prod(lead) * n
+    raw = draw(st.binary(min_size=count, max_size=count))
+    return torch.tensor([b % 3 - 1 for b in raw], dtype=torch.int8).reshape(*lead, n)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@settings(max_examples=60, deadline=None)
-@given(w=ternary_tensors())
-def test_round_trip_is_exact(fmt, w):
+@settings(max_examples=2000, deadline=None)
+@given(w=ternary_tensors(), extra=st.integers(1, 4))
+def test_round_trip_is_exact_on_every_shape(w, extra):
     n = w.shape[-1]
-    packed = pack(w, fmt)
-    assert packed.dtype == torch.uint8
-    assert packed.shape == (*w.shape[:-1], math.ceil(n / PER_BYTE[fmt])) == packed_shape(w.shape, fmt)
-    out = unpack(packed, n, fmt)
-    assert out.dtype == torch.int8 and torch.equal(out, w)
+    for fmt in FORMATS:
+        packed = pack(w, fmt)
+        assert packed.dtype == torch.uint8
+        assert packed.shape == (*w.shape[:-1], math.ceil(n / PER_BYTE[fmt])) == packed_shape(w.shape, fmt)
+        out = unpack(packed, n, fmt)
+        assert out.dtype == torch.int8 and out.shape == w.shape and torch.equal(out, w)
+        # another n that needs the same number of bytes: never a silent loss of weights
+        for other in (n - extra, n + extra):
+            if other < 0 or math.ceil(other / PER_BYTE[fmt]) != packed.shape[-1]:
+                continue
+            if other > n:  # the padding unpacks as zero weights
+                padded = torch.cat([w, w.new_zeros(*w.shape[:-1], other - n)], dim=-1)
+                assert torch.equal(unpack(packed, other, fmt), padded)
+            elif bool((w[..., other:] != 0).any()):  # a smaller n would drop non-zero weights: refused
+                with pytest.raises(ValueError, match=f"non-zero weights after weight n={other}"):
+                    unpack(packed, other, fmt)
+            else:  # it would drop only zeros: nothing is lost
+                assert torch.equal(unpack(packed, other, fmt), w[..., :other])
 
 
 @pytest.mark.parametrize("pack_fn, unpack_fn", [(pack_2bit, unpack_2bit), (pack_base3, unpack_base3)])
@@ -107,8 +121,8 @@ def test_pack_errors(pack_fn):
         pack_fn([1, 0, -1])
 
 
-@pytest.mark.parametrize("unpack_fn, k", [(unpack_2bit, 4), (unpack_base3, 5)])
-def test_unpack_errors(unpack_fn, k):
+@pytest.mark.parametrize("unpack_fn, k, fmt", [(unpack_2bit, 4, "2bit"), (unpack_base3, 5, "base3")])
+def test_unpack_errors(unpack_fn, k, fmt):
     ok = torch.zeros(2, 3, dtype=torch.uint8) + 1
     with pytest.raises(ValueError, match="uint8"):
         unpack_fn(ok.to(torch.int8), 3 * k)
@@ -120,7 +134,10 @@ def test_unpack_errors(unpack_fn, k):
         unpack_fn(ok, -1)
     with pytest.raises(ValueError, match="0-d"):
         unpack_fn(torch.tensor(5, dtype=torch.uint8), 1)
-    assert unpack_fn(ok, 3 * k - (k - 1)).shape == (2, 3 * k - (k - 1))  # shortest n that fits 3 bytes
+    zeros = torch.full((2, 3), ZERO_BYTE[fmt], dtype=torch.uint8)
+    assert unpack_fn(zeros, 3 * k - (k - 1)).shape == (2, 3 * k - (k - 1))  # shortest n that fits 3 bytes
+    with pytest.raises(ValueError, match=f"non-zero weights after weight n={2 * k + 1}"):
+        unpack_fn(ok, 2 * k + 1)  # byte 1 is not padding: its weights would be dropped
 
 
 def test_unpack_invalid_codes():
@@ -133,6 +150,39 @@ def test_unpack_invalid_codes():
     with pytest.raises(ValueError, match=r"2 bytes are above 242 \(first 243 at index \(0, 1\)\)"):
         unpack_base3(bad3, 15)
     assert torch.equal(unpack_base3(torch.tensor([242], dtype=torch.uint8), 5), torch.ones(5, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_wrong_n_of_the_same_byte_count_is_refused(fmt):
+    """7 and 8 weights both take 2 bytes in 2 bits (6..10 in base 3): the padding tells them apart."""
+    w = torch.tensor([[1, 0, -1, 0, 1, 0, 0, -1], [0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int8)
+    packed = pack(w, fmt)
+    n_short = 7 if fmt == "2bit" else 6
+    assert packed.shape[-1] == math.ceil(n_short / PER_BYTE[fmt])
+    with pytest.raises(ValueError, match=rf"non-zero weights after weight n={n_short} \(in row \(0,\)\)"):
+        unpack(packed, n_short, fmt)
+    assert torch.equal(unpack(packed[1:], n_short, fmt), w[1:, :n_short])  # only zeros dropped: nothing lost
+    with pytest.raises(ValueError, match=f"after weight n={n_short}, where"):  # 1-D: no row to name
+        unpack(packed[0], n_short, fmt)
+
+
+def test_bytes_no_packer_writes_are_refused():
+    for byte in (0b11, 0b1100, 0b110000, 0b11000000, 255):  # a 0b11 field in each position, and uint8 255
+        with pytest.raises(ValueError, match="0b11"):
+            unpack_2bit(torch.tensor([[byte]], dtype=torch.uint8), 4)
+    assert unpack_2bit(torch.tensor([0b10101010], dtype=torch.uint8), 4).tolist() == [1, 1, 1, 1]  # 170 is fine
+    for byte in (243, 250, 255):
+        with pytest.raises(ValueError, match=f"above 242 \\(first {byte}"):
+            unpack_base3(torch.tensor([byte], dtype=torch.uint8), 5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 5), (2, 0, 7), (0, 0)])
+def test_zero_size_tensors_pack_exactly(fmt, shape):
+    w = torch.zeros(shape, dtype=torch.int8)
+    packed = pack(w, fmt)
+    assert packed.dtype == torch.uint8 and packed.shape == packed_shape(shape, fmt) and packed.numel() == 0
+    assert torch.equal(unpack(packed, shape[-1], fmt), w)
 
 
 def test_unknown_format():

@@ -5,11 +5,11 @@ import sys
 import pytest
 import torch
 
-from babybitnet import scale as scale_mod
 from babybitnet.cli import main
+from babybitnet.experiments import scale as scale_mod
+from babybitnet.experiments.scale import SIZES, markdown_table, scale, size_overrides, task_devices
 from babybitnet.gpt import GPT
 from babybitnet.presets import get_preset
-from babybitnet.scale import SIZES, markdown_table, scale, size_overrides, task_devices
 
 # Two sizes small enough for a CPU test; the study's own sizes are for GPUs.
 TINY = {
@@ -90,7 +90,7 @@ def test_study_writes_results_table_and_plot(study):
 
 
 def fake_run_one(calls: list):
-    def run_one(size, model, iters, text, device, dtype, compile, seed, eval_iters, patience, sizes, progress=False):
+    def run_one(size, model, device, iters, text, dtype, compile, seed, eval_iters, patience, sizes, progress=False):
         calls.append((size, model))
         val = 2.0 - 0.1 * list(sizes).index(size) + (0.05 if model == "bitnet" else 0.0)
         return {"size": size, "model": model, "params": 1000 * (1 + len(calls)), "best_val": val,

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from babybitnet import course
+from babybitnet.course import lessons
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"
@@ -283,7 +283,7 @@ def test_page_in_headless_chromium(browser, server, entry):
     if entry != "index.md":
         assert facts["outputs"] > 0, f"{entry}: no cell outputs"
         assert facts["outputImages"] > 0, f"{entry}: no picture among the outputs"
-        n = len(course.exercises_of(ROOT / "solutions" / Path(entry).name))
+        n = len(lessons.exercises_of(ROOT / "solutions" / Path(entry).name))
         assert facts["exerciseCells"] == n, f"{entry}: {facts['exerciseCells']} exercise cells on the page, {n} in it"
         assert facts["exerciseBoxes"] == n, f"{entry}: {n} exercises, {facts['exerciseBoxes']} boxes before them"
 

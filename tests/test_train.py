@@ -4,7 +4,7 @@ import torch
 from babybitnet.data import load_dataset
 from babybitnet.gpt import GPT, GPTConfig
 from babybitnet.presets import get_preset
-from babybitnet.train import TrainConfig, estimate_loss, lr_at, train, weight_decay_at
+from babybitnet.train import TrainConfig, TrainingInterrupted, estimate_loss, lr_at, train, weight_decay_at
 
 
 def test_lr_schedules():
@@ -111,3 +111,26 @@ def test_patience_does_not_stop_a_run_that_keeps_improving():
     torch.manual_seed(0)
     r = train(GPT(mcfg), train_data, val_data, tcfg, progress=False)
     assert not r["stopped_early"] and r["stopped_step"] == 60 and r["history"]["step"][-1] == 60
+
+
+def test_ctrl_c_keeps_the_last_evaluated_state():
+    tok, train_data, val_data = load_dataset()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_embd=16, n_head=2, n_layer=1))
+    cfg = TrainConfig(batch_size=4, max_iters=20, eval_interval=5, eval_iters=2, lr=1e-2)
+    seen = {}
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 10:  # called before the evaluation after 10 steps too: remember the state it sees
+            seen.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
+        if step == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(model, train_data, val_data, cfg, progress=False, on_step=press_ctrl_c, keep_last=True)
+    assert info.value.step == 10 and "step 10" in str(info.value)
+    assert all(torch.equal(info.value.state[k], v) for k, v in seen["state"].items())
+    assert not all(torch.equal(model.state_dict()[k], v) for k, v in seen["state"].items())  # it trained on
+    with pytest.raises(KeyboardInterrupt) as plain:  # without keep_last: a plain Ctrl-C
+        train(model, train_data, val_data, cfg, progress=False, on_step=press_ctrl_c)
+    assert not isinstance(plain.value, TrainingInterrupted)

@@ -2,43 +2,26 @@
 
 Like ``test_triton_gemv.py``: on CUDA the kernels run on the GPU (with the ``dp4a`` PTX
 instruction); without CUDA they run in Triton's interpreter on CPU tensors, where ``dp4a``
-is the same sum written with shifts (TRITON_INTERPRET=1 is set before the import).
+is the same sum written with shifts (the root conftest.py sets TRITON_INTERPRET=1 before the import).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
+from helpers import ternary_case as case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-import babybitnet.triton_gemv as TG  # noqa: E402
-
-if not torch.cuda.is_available() and not TG.interpreted():  # imported earlier without the interpreter
-    TG = importlib.reload(sys.modules["babybitnet.triton_gemv"])
-    sys.modules.pop("babybitnet.triton_dp4a", None)
-
-import babybitnet.triton_dp4a as D  # noqa: E402
+import babybitnet.kernels.triton_dp4a as D  # noqa: E402
+import babybitnet.kernels.triton_gemv as TG  # noqa: E402
 from babybitnet.packing import pack_2bit  # noqa: E402
 from babybitnet.quant import quantize_activations  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = (4, 8, 1)  # (BLOCK_N, BLOCK_W words, num_warps): several programs and K steps on small shapes
-
-
-def case(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x_q = torch.randint(-127, 128, (m, k), generator=g).to(torch.int8)
-    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
-    return x_q, w_t
 
 
 def run(x_q: torch.Tensor, w_t: torch.Tensor, **kw) -> torch.Tensor:

@@ -1,47 +1,33 @@
 """The Triton ternary GEMV: exact int32 sums from the 2-bit bytes, the layer's numbers, clear errors.
 
 On a machine with CUDA the kernel is compiled and run on the GPU. Without CUDA it runs in
-Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 must be set before ``triton.jit``
-decorates the kernel, i.e. before babybitnet.triton_gemv is imported (here, at collection
-time; if another module imported it first, it is reloaded). Without triton every test skips.
+Triton's interpreter on CPU tensors (the root conftest.py sets TRITON_INTERPRET=1 before
+anything imports the kernels). Without triton every test skips.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
+from helpers import exact
+from helpers import ternary_case as case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernel
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-import babybitnet.triton_gemv as TG  # noqa: E402
+import babybitnet.experiments.bench_kernels as BK  # noqa: E402
+import babybitnet.kernels.triton_gemv as TG  # noqa: E402
 from babybitnet.addonly import packed_linear  # noqa: E402
 from babybitnet.bitlinear import int_linear  # noqa: E402
+from babybitnet.kernels import triton_common  # noqa: E402
+from babybitnet.kernels.triton_common import interpreted  # noqa: E402
 from babybitnet.packing import pack_2bit  # noqa: E402
 
-if not torch.cuda.is_available() and not TG.interpreted():  # imported earlier without the interpreter
-    TG = importlib.reload(sys.modules["babybitnet.triton_gemv"])
+assert torch.cuda.is_available() or interpreted(), "the root conftest.py sets TRITON_INTERPRET=1 without a GPU"
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = (4, 64, 2)  # (BLOCK_N, BLOCK_K, num_warps): several programs and K steps on small shapes
-
-
-def exact(x_q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    return x_q.long() @ w_t.long().T
-
-
-def case(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x_q = torch.randint(-127, 128, (m, k), generator=g).to(torch.int8)
-    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
-    return x_q, w_t
 
 
 def run(x: torch.Tensor, w_t: torch.Tensor, **kw) -> torch.Tensor:
@@ -66,7 +52,7 @@ def test_int8_path_is_exact(m, n, k, config, add_only):
     x_q, w_t = case(m, n, k, seed=m * 1000 + n * 10 + k)
     y = run(x_q, w_t, config=config, add_only=add_only)
     assert y.dtype == torch.int32 and y.shape == (m, n)
-    assert torch.equal(y.long(), exact(x_q, w_t))
+    assert torch.equal(y.long(), exact(x_q, w_t, torch.long))
 
 
 @settings(max_examples=12)
@@ -79,7 +65,7 @@ def test_int8_path_is_exact(m, n, k, config, add_only):
 )
 def test_int8_path_is_exact_random(m, n, k, config, seed):
     x_q, w_t = case(m, n, k, seed)
-    assert torch.equal(run(x_q, w_t, config=config).long(), exact(x_q, w_t))
+    assert torch.equal(run(x_q, w_t, config=config).long(), exact(x_q, w_t, torch.long))
 
 
 def test_zero_weights_give_zero():
@@ -96,7 +82,7 @@ def test_extremes(sign):
     x_q[1] = -127
     w_t = torch.stack([torch.full((k,), sign), -torch.full((k,), sign), (-1) ** torch.arange(k)]).to(torch.int8)
     y = run(x_q, w_t, config=SMALL)
-    assert torch.equal(y.long(), exact(x_q, w_t))
+    assert torch.equal(y.long(), exact(x_q, w_t, torch.long))
     assert y[0, 0] == sign * 127 * k
 
 
@@ -135,7 +121,7 @@ def test_rescale_is_fused():
     x_q, w_t = case(3, 10, 50, seed=6)
     s_x, s_w = torch.tensor([0.5, 2.0, 4.0]), torch.linspace(1, 3, 10)
     y = run(x_q, w_t, s_x=s_x.to(DEVICE), s_w_rows=s_w.to(DEVICE), config=SMALL)
-    want = exact(x_q, w_t).double() / (s_x.double()[:, None] * s_w.double()[None, :])
+    want = exact(x_q, w_t, torch.long).double() / (s_x.double()[:, None] * s_w.double()[None, :])
     torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=0)
 
 
@@ -171,14 +157,14 @@ def test_device_mismatch():
 
 
 def test_cpu_without_interpreter_says_how(monkeypatch):
-    monkeypatch.setattr(TG, "interpreted", lambda: False)
+    monkeypatch.setattr(triton_common, "interpreted", lambda: False)
     x_q, w_t = case(1, 4, 8, seed=9)
     with pytest.raises(ValueError, match="CUDA GPU .* TRITON_INTERPRET=1"):
         TG.ternary_matmul(x_q, pack_2bit(w_t), 8)
 
 
 def test_missing_triton_says_pip_install(monkeypatch):
-    monkeypatch.setattr(TG, "triton", None)
+    monkeypatch.setattr(triton_common, "triton", None)
     with pytest.raises(ImportError, match="pip install triton"):
         TG.triton_packed_linear(torch.randn(1, 8), torch.zeros(4, 2, dtype=torch.uint8), torch.ones(1), 8)
 
@@ -187,19 +173,19 @@ def test_missing_triton_says_pip_install(monkeypatch):
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the CPU-only error")
 def test_bench_needs_cuda():
     with pytest.raises(RuntimeError, match="CUDA GPU"):
-        TG.bench_kernel()
+        BK.bench_kernel()
     with pytest.raises(RuntimeError, match="CUDA GPU"):
-        TG.run_once(64, 64)
+        BK.run_once(64, 64)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="times CUDA kernels")
 def test_bench_on_gpu():
-    r = TG.bench_kernel(sizes=((256, 320),), batches=(1, 3), repeats=3, configs=((4, 256, 4), (8, 512, 4)))
+    r = BK.bench_kernel(sizes=((256, 320),), batches=(1, 3), repeats=3, configs=((4, 256, 4), (8, 512, 4)))
     assert [(row["n"], row["k"], row["m"]) for row in r["rows"]] == [(256, 320, 1), (256, 320, 3)]
     assert all(us > 0 for row in r["rows"] for us in row["us"].values())
-    assert "triton int8 add-only" in TG.kernel_table(r)
-    assert "triton dp4a int8" in TG.kernel_table(r)
-    assert TG.run_once(256, 320) == [*TG.VARIANTS, "torch bf16"]
+    assert "triton int8 add-only" in BK.kernel_table(r)
+    assert "triton dp4a int8" in BK.kernel_table(r)
+    assert BK.run_once(256, 320) == [*BK.VARIANTS, "torch bf16"]
 
 
 def test_kernel_table():
@@ -211,7 +197,7 @@ def test_kernel_table():
         "config": {"triton int8 add-only": [8, 1024, 4]},
     }  # fmt: skip
     info = {"device": "cuda", "gpu": "NVIDIA H100", "torch": "2.11", "cpu": "x", "cpu_cores": 1, "torch_threads": 1}
-    table = TG.kernel_table({"machine": info, "triton": "3.6.0", "repeats": 30, "rows": [row]})
+    table = BK.kernel_table({"machine": info, "triton": "3.6.0", "repeats": 30, "rows": [row]})
     assert "cuda (NVIDIA H100), torch 2.11, triton 3.6.0" in table
     assert "| 4096 x 4096 | 1 | triton int8 add-only | 8, 1024, 4 | 6.5 | 645 | 2.00 |" in table
     assert "| 4096 x 4096 | 1 | torch bf16 |  | 13.0 | 2,581 | 1.00 |" in table

@@ -160,7 +160,7 @@ def on_page_content(content, page, config, files):
 def exercise_boxes(source: Path, n: int) -> list[str]:
     if str(ROOT) not in sys.path:  # the package from this checkout, installed or not
         sys.path.insert(0, str(ROOT))
-    from babybitnet.course import parse_cells
+    from babybitnet.course.lessons import parse_cells
 
     boxes = []
     for cell in parse_cells(source.read_text(encoding="utf-8")).tagged("exercise"):

@@ -5,6 +5,9 @@
   ``lessons/``, once per session (loading runs only its imports and exercise cells).
 - Each grader test runs under ``BABYBITNET_CALL_TIMEOUT`` seconds, so an endless
   loop in a learner's function fails that exercise instead of hanging the run.
+  (A SIGALRM, which the learner's code can ignore: ``python -m babybitnet check``
+  turns it off and kills the exercise's child process instead, see
+  babybitnet/course/check.py, which also re-checks every comparison recorded here.)
 - A stub that still raises NotImplementedError, a cell that did not load, or a
   timeout is reported as one line naming the exercise, not a wall of traceback.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from babybitnet import course, grading
+from babybitnet.course import grading, lessons
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -26,7 +29,7 @@ _loaded: dict[tuple[Path, int], grading.Lesson] = {}
 
 def lessons_dir(config: pytest.Config) -> Path:
     chosen = config.getoption("lessons_dir") or os.environ.get(grading.LESSONS_DIR_ENV)
-    return course.resolve_lessons_dir(chosen, ROOT)
+    return lessons.resolve_lessons_dir(chosen, ROOT)
 
 
 def lesson_number(node: pytest.Item | pytest.Collector) -> int | None:
@@ -63,7 +66,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_call(item: pytest.Item):
     label = f"Exercise {exercise_id(item)}" if exercise_id(item) else item.name
     limit = grading.call_timeout()
-    with grading.time_limit(limit, f"{label}: still running after {limit:g} s; an endless loop?"):
+    with grading.time_limit(limit, f"{label}: did not finish in {limit:g} s, an endless loop?"):
         return (yield)
 
 
@@ -71,7 +74,7 @@ def _plain(exc: BaseException) -> bool:
     """Failures whose one-line message says it all (a traceback would only confuse)."""
     leaves = grading.exception_leaves(exc)
     return any(grading.stub_message(e) for e in leaves) or isinstance(
-        leaves[0], (grading.GradingError, grading.ExerciseTimeout, course.CourseError)
+        leaves[0], (grading.GradingError, grading.ExerciseTimeout, lessons.CourseError)
     )
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from babybitnet import bigram as ref
-from babybitnet.grading import assert_close, assert_same
+from babybitnet.course.grading import assert_close, assert_same
 
 pytestmark = pytest.mark.lesson02
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from babybitnet import attention as ref
-from babybitnet.grading import assert_close
+from babybitnet.course.grading import assert_close
 
 pytestmark = pytest.mark.lesson03
 

@@ -1,4 +1,4 @@
-"""Graders of lesson 4 (04_babygpt): multi-head attention, the feed-forward network, RMSNorm, the block.
+"""Graders of lesson 4 (04_babygpt): multi-head attention, the feed-forward network (MLP), RMSNorm, the block.
 
 Class exercises are built with the same arguments as the reference class of
 ``babybitnet``; the reference's weights (randomised, so that no part is left at
@@ -15,10 +15,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from babybitnet.attention import MultiHeadAttention as RefMHA
+from babybitnet.course.grading import assert_close
 from babybitnet.gpt import MLP as RefMLP
 from babybitnet.gpt import Block as RefBlock
 from babybitnet.gpt import GPTConfig, make_linear
-from babybitnet.grading import assert_close
 
 pytestmark = pytest.mark.lesson04
 
@@ -114,7 +114,7 @@ def test_multi_head_attention_has_n_heads_and_is_causal(lesson):
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 4.2: FeedForward
+# Exercise 4.2: MLP
 
 
 @pytest.mark.exercise("4.2")
@@ -122,10 +122,10 @@ def test_multi_head_attention_has_n_heads_and_is_causal(lesson):
 @given(n_embd=st.integers(1, 48), B=st.integers(1, 3), T=st.integers(1, 9), seed=st.integers(0, 2**16))
 @example(n_embd=1, B=1, T=1, seed=0)
 @example(n_embd=64, B=2, T=32, seed=1)
-def test_feed_forward_matches_reference(lesson, n_embd, B, T, seed):
-    FeedForward = lesson.get("FeedForward")
-    what = f"FeedForward({n_embd})"
-    mine = FeedForward(n_embd)
+def test_mlp_matches_reference(lesson, n_embd, B, T, seed):
+    MLP = lesson.get("MLP")
+    what = f"MLP({n_embd})"
+    mine = MLP(n_embd)
     cfg = GPTConfig(n_embd=n_embd, n_head=1)
     ref = randomise(RefMLP(cfg, make_linear(cfg)), seed)
     load_reference(mine, ref, what)
@@ -133,18 +133,18 @@ def test_feed_forward_matches_reference(lesson, n_embd, B, T, seed):
 
 
 @pytest.mark.exercise("4.2")
-def test_feed_forward_is_position_wise_and_uses_relu(lesson):
-    FeedForward = lesson.get("FeedForward")
-    ff = FeedForward(8)
+def test_mlp_is_position_wise_and_uses_relu(lesson):
+    MLP = lesson.get("MLP")
+    ff = MLP(8)
     cfg = GPTConfig(n_embd=8, n_head=1)
     ref = randomise(RefMLP(cfg, make_linear(cfg)), 3)
-    load_reference(ff, ref, "FeedForward(8)")
+    load_reference(ff, ref, "MLP(8)")
     x = torch.randn(5, 8, generator=torch.Generator().manual_seed(4)) * 3  # (N, C): no time axis at all
     with torch.no_grad():
-        assert_close(ff(x), ref(x), "FeedForward(8) on a (5, 8) input")
+        assert_close(ff(x), ref(x), "MLP(8) on a (5, 8) input")
         zero = torch.zeros(1, 1, 8)
         want = ref.proj(F.relu(ref.fc.bias)).view(1, 1, 8)
-        assert_close(ff(zero), want, "FeedForward(8) of an all-zero input")
+        assert_close(ff(zero), want, "MLP(8) of an all-zero input")
 
 
 # ---------------------------------------------------------------------------------------------

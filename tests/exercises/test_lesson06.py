@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from babybitnet import quant as ref
-from babybitnet.grading import assert_close, assert_pair, assert_rounded, assert_same
+from babybitnet.course.grading import assert_close, assert_pair, assert_rounded, assert_same
 
 pytestmark = pytest.mark.lesson06
 

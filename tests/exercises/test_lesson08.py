@@ -13,7 +13,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from babybitnet.grading import assert_close, assert_same
+from babybitnet.course.grading import assert_close, assert_same
 from babybitnet.quant import round_ste as ref_round_ste
 
 pytestmark = pytest.mark.lesson08

@@ -1,7 +1,7 @@
 """Graders of lesson 10 (10_compare): the two-stage learning-rate and weight-decay schedule.
 
-``two_stage_lr`` and ``two_stage_weight_decay`` are compared with
-``babybitnet.train.lr_at`` and ``weight_decay_at`` on random settings
+``two_stage_lr`` and ``two_stage_weight_decay`` are compared with the package's
+``babybitnet.train.two_stage_lr`` and ``two_stage_weight_decay`` on random settings
 (hypothesis) and on the landmarks: the first and last warm-up step, the last
 step of stage 1, the first of stage 2, the last step and past it, a warm-up
 longer than stage 1, ``lr_stage2`` and ``weight_decay_stage2`` left at None,
@@ -14,8 +14,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from babybitnet.grading import as_float, assert_close
-from babybitnet.train import TrainConfig, lr_at, weight_decay_at
+from babybitnet.course.grading import as_float, assert_close
+from babybitnet.train import TrainConfig
+from babybitnet.train import two_stage_lr as ref_two_stage_lr
+from babybitnet.train import two_stage_weight_decay as ref_two_stage_weight_decay
 
 pytestmark = pytest.mark.lesson10
 
@@ -33,7 +35,7 @@ def describe(cfg: TrainConfig) -> str:
 
 def check_lr(fn, step: int, cfg: TrainConfig, note: str = "") -> None:
     what = f"two_stage_lr({step}, {describe(cfg)}){note}"
-    assert_close(as_float(fn(step, cfg), what), lr_at(step, cfg), what, atol=1e-12, rtol=1e-9)
+    assert_close(as_float(fn(step, cfg), what), ref_two_stage_lr(step, cfg), what, atol=1e-12, rtol=1e-9)
 
 
 def check_wd(fn, step: int, cfg: TrainConfig, note: str = "") -> None:
@@ -44,7 +46,7 @@ def check_wd(fn, step: int, cfg: TrainConfig, note: str = "") -> None:
     got = fn(step, cfg)
     if isinstance(got, int) and not isinstance(got, bool):
         got = float(got)  # 0 for 0.0 is fine
-    assert_close(as_float(got, what), weight_decay_at(step, cfg), what, atol=0, rtol=0)
+    assert_close(as_float(got, what), ref_two_stage_weight_decay(step, cfg), what, atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ def test_two_stage_lr_defaults_and_odd_settings(lesson):
     fn = lesson.get("two_stage_lr")
     check_lr(fn, 2500, config(lr_stage2=None), " (lr_stage2=None means half the peak)")
     check_lr(fn, 2600, config(lr_stage2=None, min_lr=0.0), " (lr_stage2=None, min_lr=0)")
+    check_lr(fn, 3000, config(lr_stage2=0.0, min_lr=0.0), " (lr_stage2=0.0 is a rate of 0, not None: test `is None`)")
     check_lr(fn, 150, config(warmup_iters=300, max_iters=400), " (the warm-up runs into stage 2)")
     check_lr(fn, 0, config(stage2_frac=0.0, warmup_iters=0), " (stage 2 from step 0)")
     check_lr(fn, 4999, config(stage2_frac=1.0, warmup_iters=0), " (no stage 2)")
@@ -93,7 +96,9 @@ def test_two_stage_lr_defaults_and_odd_settings(lesson):
     min_frac=st.floats(0, 0.5),
 )
 @example(max_iters=5000, warmup_frac=0.02, stage2_frac=0.5, step_frac=0.5, lr=6e-3, stage2_ratio=0.5, min_frac=0.0)
-def test_two_stage_lr_matches_lr_at(lesson, max_iters, warmup_frac, stage2_frac, step_frac, lr, stage2_ratio, min_frac):
+def test_two_stage_lr_matches_the_package(
+    lesson, max_iters, warmup_frac, stage2_frac, step_frac, lr, stage2_ratio, min_frac
+):
     fn = lesson.get("two_stage_lr")
     lr2 = None if stage2_ratio is None else stage2_ratio * lr
     cfg = config(

@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from babybitnet import packing as ref
-from babybitnet.grading import assert_same
+from babybitnet.course.grading import assert_same
 
 pytestmark = pytest.mark.lesson11
 

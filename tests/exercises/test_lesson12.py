@@ -1,6 +1,7 @@
 """Graders of lesson 12 (12_addonly): a dot product, a matmul and a packed matmul that only add and subtract.
 
-Every answer must equal the exact int64 product (and ``babybitnet.addonly``) as int32 of shape (M, N),
+Every answer must equal the exact int64 product (and ``babybitnet.addonly``: ``addonly_dot``,
+``addonly_matmul``, ``addonly_matmul_packed``) as int32 of shape (M, N),
 on random shapes (hypothesis: M 1..6, N 1..20, K 1..200, K not a multiple of 4 included), all-zero
 weights, all +1 / all -1 weights with every activation at +127 or -127 (the largest sums, beyond
 int16), a single token and K = 1. And without multiplying: each call runs under a TorchFunctionMode
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import exact
+from helpers import ternary_case as random_case
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from babybitnet import addonly as ref
-from babybitnet.grading import MULTIPLIES, CallRecorder, assert_same
+from babybitnet.course.grading import MULTIPLIES, CallRecorder, assert_same
 from babybitnet.packing import pack_2bit
 
 pytestmark = pytest.mark.lesson12
@@ -41,18 +44,6 @@ def call_without_multiplying(fn, args: tuple, what: str):
     return got
 
 
-def exact(x_q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """The product in int64, where nothing can overflow, as int32."""
-    return (x_q.long() @ w_t.long().T).int()
-
-
-def random_case(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x_q = torch.randint(-127, 128, (m, k), generator=g).to(torch.int8)
-    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
-    return x_q, w_t
-
-
 # ---------------------------------------------------------------------------------------------
 # Exercise 12.1: addonly_dot
 
@@ -72,7 +63,7 @@ class NoMulInt(int):
 
 
 def check_dot(fn, x: list[int], w: list[int], as_tensors: bool) -> None:
-    want = sum(a * b for a, b in zip(x, w, strict=True))
+    want = ref.addonly_dot(x, w)  # the package's; tests/test_addonly.py checks it against the exact product
     if as_tensors:
         args = (torch.tensor(x, dtype=torch.int8), torch.tensor(w, dtype=torch.int8))
         kind = "int8 tensors"

@@ -10,24 +10,20 @@ buffer than the tensor and checks that nothing past the tensor changed (masked s
 launcher's tests run only after it, since an unmasked store would crash the interpreter.
 
 On a machine without CUDA the kernels run in Triton's interpreter on CPU tensors, switched on
-as in tests/test_triton_gemv.py (TRITON_INTERPRET=1 before triton decorates the kernel); the
+by the root conftest.py (TRITON_INTERPRET=1 before triton decorates the kernel); the
 interpreter is slow, so the shapes are small. Without triton every test skips.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the lesson's @triton.jit decorates the learner's kernel
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from babybitnet.grading import GradingError, assert_same  # noqa: E402
+from babybitnet.course.grading import GradingError, assert_same  # noqa: E402
 from babybitnet.packing import pack_2bit, unpack_2bit  # noqa: E402
 
 pytestmark = pytest.mark.lesson13

@@ -1,10 +1,10 @@
 """Graders of lesson 14 (14_beyond): the gradual quantization schedule and blend of fine-tuning to 1.58 bits.
 
-``lambda_schedule`` is compared with ``babybitnet.finetune.lambda_at`` on random steps and
+``lambda_at`` is compared with the package's ``babybitnet.finetune.lambda_at`` on random steps and
 warm-ups (hypothesis) and on the landmarks: step 0, the middle and the last step of the warm-up,
 the step where it ends and past it, a 1-step warm-up, ``warmup=0`` (1.0 from the start), and a
-negative step or warm-up (ValueError, with a message). ``gradual_quant`` is compared with the blend
-``x + lam * (x_q - x)`` (values, shape, dtype) and with ``babybitnet.quant.ste`` at ``lam = 1``, and
+negative step or warm-up (ValueError, with a message). ``gradual_quant`` is compared with the package's
+``babybitnet.bitlinear.gradual_quant`` (values, shape, dtype) and with ``babybitnet.quant.ste`` at ``lam = 1``, and
 its gradient with the identity: with ``x_q`` computed from ``x`` *without* detaching (as
 ``weight_quant(w)`` or ``activation_quant(x)``), ``d sum(g * out) / dx`` must be ``g`` and ``x_q``
 must get no gradient; on random shapes, strengths 0, 1 and in between, zero-size, 0-dim and
@@ -18,27 +18,28 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from babybitnet.finetune import lambda_at
-from babybitnet.grading import as_float, assert_close, assert_same
+from babybitnet.bitlinear import gradual_quant as ref_gradual_quant
+from babybitnet.course.grading import as_float, assert_close, assert_same
+from babybitnet.finetune import lambda_at as ref_lambda_at
 from babybitnet.quant import activation_quant, ste, weight_quant
 
 pytestmark = pytest.mark.lesson14
 
 
 # ---------------------------------------------------------------------------------------------
-# Exercise 14.1: lambda_schedule
+# Exercise 14.1: lambda_at
 
 
 def check_lambda(fn, step: int, warmup: int, note: str = "") -> None:
-    what = f"lambda_schedule({step}, {warmup}){note}"
+    what = f"lambda_at({step}, {warmup}){note}"
     got = fn(step, warmup)
     if isinstance(got, int) and not isinstance(got, bool):
         got = float(got)  # min(step / warmup, 1) gives the int 1 past the warm-up: the value is right
-    assert_close(as_float(got, what), lambda_at(step, warmup), what, atol=1e-12, rtol=1e-9)
+    assert_close(as_float(got, what), ref_lambda_at(step, warmup), what, atol=1e-12, rtol=1e-9)
 
 
 def check_raises(fn, step: int, warmup: int, why: str) -> None:
-    what = f"lambda_schedule({step}, {warmup})"
+    what = f"lambda_at({step}, {warmup})"
     try:
         got = fn(step, warmup)
     except ValueError as e:
@@ -49,8 +50,8 @@ def check_raises(fn, step: int, warmup: int, why: str) -> None:
 
 
 @pytest.mark.exercise("14.1")
-def test_lambda_schedule_landmarks(lesson):
-    fn = lesson.get("lambda_schedule")
+def test_lambda_at_landmarks(lesson):
+    fn = lesson.get("lambda_at")
     for step, warmup, note in [
         (0, 1000, " (the first step: full precision, 0.0)"),
         (1, 1000, ""),
@@ -69,15 +70,15 @@ def test_lambda_schedule_landmarks(lesson):
 
 
 @pytest.mark.exercise("14.1")
-def test_lambda_schedule_without_warmup_is_the_abrupt_switch(lesson):
-    fn = lesson.get("lambda_schedule")
+def test_lambda_at_without_warmup_is_the_abrupt_switch(lesson):
+    fn = lesson.get("lambda_at")
     for step in (0, 1, 10, 5000):
         check_lambda(fn, step, 0, " (warmup=0: the abrupt switch, 1.0 at every step, step 0 too)")
 
 
 @pytest.mark.exercise("14.1")
-def test_lambda_schedule_rejects_negative_values(lesson):
-    fn = lesson.get("lambda_schedule")
+def test_lambda_at_rejects_negative_values(lesson):
+    fn = lesson.get("lambda_at")
     check_raises(fn, -1, 1000, "a negative step makes no sense")
     check_raises(fn, -5, 0, "a negative step makes no sense, even without a warm-up")
     check_raises(fn, 10, -1, "a negative warm-up makes no sense")
@@ -89,8 +90,8 @@ def test_lambda_schedule_rejects_negative_values(lesson):
 @given(step=st.integers(0, 20000), warmup=st.integers(0, 5000))
 @example(step=1000, warmup=1000)
 @example(step=0, warmup=0)
-def test_lambda_schedule_matches_lambda_at(lesson, step, warmup):
-    check_lambda(lesson.get("lambda_schedule"), step, warmup)
+def test_lambda_at_matches_the_package(lesson, step, warmup):
+    check_lambda(lesson.get("lambda_at"), step, warmup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def check_gradual_quant(fn, x: torch.Tensor, lam: float, quant, seed: int = 0) -
     if not isinstance(out, torch.Tensor):
         raise AssertionError(f"{what} should return a torch.Tensor, got {type(out).__name__}")
     with torch.no_grad():
-        want = x + lam * (quant(x) - x)
+        want = ref_gradual_quant(x, quant(x), lam)
     assert_close(out.detach(), want, f"{what} (value: x + lam * (x_q - x))", atol=1e-6, rtol=1e-5)
     if lam == 1.0:
         with torch.no_grad():

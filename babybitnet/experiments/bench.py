@@ -8,8 +8,8 @@ contenders in the same process, interleaved, and reports their ratio.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
+import tempfile
 import time
 
 import torch
@@ -17,36 +17,12 @@ import torch
 from babybitnet.attention import MultiHeadAttention
 from babybitnet.bitlinear import BitLinear
 from babybitnet.data import CharTokenizer, get_batch, load_dataset, load_text
+from babybitnet.files import save_packed
 from babybitnet.gpt import GPT
+from babybitnet.packed import PackedBitLinear, pack_model
 from babybitnet.presets import MODELS, build_model
-from babybitnet.train import make_optimizer, resolve_device
-
-
-def machine_info(device: torch.device | str = "cpu") -> dict:
-    """What a timing was measured on: CPU model and cores, GPU name, torch version, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "device": str(device),
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if torch.device(device).type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def describe(info: dict) -> str:
-    """One line for humans: 'cpu (Intel Xeon, 2 cores, 2 threads), torch 2.13.0'."""
-    where = info.get("gpu") or f"{info['cpu']}, {info['cpu_cores']} cores, {info['torch_threads']} threads"
-    return f"{info['device']} ({where}), torch {info['torch']}"
+from babybitnet.runtime import describe, machine_info, resolve_device
+from babybitnet.train import make_optimizer
 
 
 def seed_style_gpt(model: GPT) -> GPT:
@@ -136,6 +112,7 @@ def bench_generate(
     device: str = "cuda",
     dtype: torch.dtype | str = torch.bfloat16,
     repeats: int = 3,
+    compile: bool = False,
 ) -> dict:
     """Tokens per second of greedy generation, batch 1, with the KV cache: babyGPT, babyBitNet, packed babyBitNet.
 
@@ -152,7 +129,7 @@ def bench_generate(
     """
     from babybitnet.packed import PackedBitLinear, _triton_available, pack_model
     from babybitnet.presets import build_model
-    from babybitnet.train import resolve_device
+    from babybitnet.runtime import resolve_device
 
     dev = resolve_device(device)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -180,7 +157,7 @@ def bench_generate(
     def run(name: str) -> tuple[float, torch.Tensor]:
         sync()
         t0 = time.perf_counter()
-        out = models[name].generate(idx, tokens, temperature=0, use_cache=True)
+        out = models[name].generate(idx, tokens, temperature=0, use_cache=True, compile=compile)
         sync()
         return time.perf_counter() - t0, out
 
@@ -204,6 +181,13 @@ def bench_generate(
         "preset": preset,
         "machine": machine_info(dev),
         "dtype": str(dtype).removeprefix("torch."),
+        "decode": (
+            "static KV cache, one CUDA graph per token (babybitnet.decode)"
+            if dev.type == "cuda"
+            else "KV cache, eager (GPT.generate)"
+        )
+        + (", torch.compile" if compile else ""),
+        "compile": compile,
         "batch": 1,
         "prompt": prompt,
         "tokens": tokens,
@@ -225,8 +209,8 @@ def generate_table(r: dict) -> str:
     """Markdown: tokens/s and ms/token of each model, the ratios, and what was measured."""
     gpt = r["models"]["gpt"]["tokens_per_s"]
     lines = [
-        f"greedy generation, batch 1, {r['tokens']} tokens after {r['prompt']!r}, KV cache, {r['dtype']}, "
-        f"preset {r['preset']!r} on {describe(r['machine'])}",
+        f"greedy generation, batch 1, {r['tokens']} tokens after {r['prompt']!r}, "
+        f"{r.get('decode', 'KV cache')}, {r['dtype']}, preset {r['preset']!r} on {describe(r['machine'])}",
         "",
         "| model | tokens/s | ms/token | vs babyGPT |",
         "| --- | ---: | ---: | ---: |",
@@ -245,3 +229,69 @@ def generate_table(r: dict) -> str:
         f"median of {r['repeats']} interleaved rounds; {r['weights']}",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- how much memory (lesson 11)
+def _ternary_weights(model: GPT) -> tuple[int, int]:
+    """(number of BitLinear weights, number of BitLinear layers) of an unpacked model."""
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    return sum(m.weight.numel() for m in layers), len(layers)
+
+
+def memory_report(preset: str) -> dict:
+    """Real file sizes of a freshly built babyBitNet of ``preset`` (vocab 65) in four forms.
+
+    Writes, in a temporary folder, the fp32 state dict and an fp16 copy
+    (``torch.save``) and the 2-bit and base-3 packed files (``save_packed``),
+    and measures them with ``os.path.getsize``. ``bits_per_weight`` counts the
+    packed BitLinear weights only: 8 * packed bytes / ternary weights, exactly
+    2.0 and 1.6 when every in_features is a multiple of 4 and 5.
+    """
+    model, _ = build_model(preset, "bitnet", vocab_size=65)
+    model.eval()
+    tokenizer = CharTokenizer([chr(c) for c in range(32, 32 + 65)])  # 65 characters, as Tiny Shakespeare has
+    n_ternary, n_layers = _ternary_weights(model)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    formats: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, os.path.join(tmp, "fp32.pt"))
+        formats["fp32"] = {"bytes": os.path.getsize(os.path.join(tmp, "fp32.pt")), "bits_per_weight": 32.0}
+        torch.save({k: v.half() for k, v in state.items()}, os.path.join(tmp, "fp16.pt"))
+        formats["fp16"] = {"bytes": os.path.getsize(os.path.join(tmp, "fp16.pt")), "bits_per_weight": 16.0}
+        for fmt in ("2bit", "base3"):
+            packed = pack_model(model, fmt)
+            file = save_packed(os.path.join(tmp, f"{fmt}.safetensors"), packed, tokenizer, fmt)
+            packed_bytes = sum(m.packed.numel() for m in packed.modules() if isinstance(m, PackedBitLinear))
+            formats[fmt] = {
+                "bytes": os.path.getsize(file),
+                "packed_weight_bytes": packed_bytes,
+                "bits_per_weight": 8 * packed_bytes / n_ternary,
+            }
+    for f in formats.values():
+        f["mib"] = f["bytes"] / 2**20
+        f["ratio_vs_fp32"] = formats["fp32"]["bytes"] / f["bytes"]
+    params = model.num_params()
+    return {
+        "preset": preset,
+        "config": model.config.to_dict(),
+        "params": params,
+        "ternary_weights": n_ternary,
+        "full_precision_params": params - n_ternary,
+        "bitlinear_layers": n_layers,
+        "formats": formats,
+    }
+
+
+def memory_table(reports: list[dict]) -> str:
+    """Markdown table of :func:`memory_report` results, one row per preset and format."""
+    rows = [
+        "| preset | format | bytes | MiB | ratio vs fp32 | bits per BitLinear weight |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        for fmt, f in r["formats"].items():
+            rows.append(
+                f"| {r['preset']} | {fmt} | {f['bytes']:,} | {f['mib']:.3f} | {f['ratio_vs_fp32']:.2f}x "
+                f"| {f['bits_per_weight']:.3f} |"
+            )
+    return "\n".join(rows)

@@ -16,14 +16,25 @@ The graders (``tests/exercises/test_lessonNN.py``) use three things from here:
 Time limits use SIGALRM, so they only apply in the main thread on Unix; elsewhere
 they are off. Environment variables ``BABYBITNET_LOAD_TIMEOUT`` (per cell,
 default 10 s) and ``BABYBITNET_CALL_TIMEOUT`` (per grader test, default 60 s)
-change them.
+change them. The learner's code runs in the same process, so it can defeat them
+(``signal.signal(SIGALRM, SIG_IGN)``); ``python -m babybitnet check`` therefore
+grades each exercise in a child process that it kills (:mod:`babybitnet.course.check`).
+
+For the same reason every ``assert_*`` helper (and ``as_float``) can record what it
+compared: inside ``with recording() as comparisons:`` each outermost call appends
+``{"helper", "args", "passed"}`` with the arguments copied to plain data (tensors,
+numpy arrays, lists, dicts, numbers, strings). ``check``'s child process sends them
+to the parent, which re-runs them with :func:`verify_comparisons`: a lesson that
+patches ``_diff`` or ``assert_same`` here changes what the child concludes, not
+what the parent does.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import itertools
-import json
 import math
 import os
 import signal
@@ -31,8 +42,8 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +51,12 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from babybitnet import course
+from babybitnet.course import lessons
 
 LESSONS_DIR_ENV = "BABYBITNET_LESSONS_DIR"
+
+# True in `check`'s child process, where no Ctrl-C can arrive: a KeyboardInterrupt is then the lesson's own.
+interrupts_are_the_lessons = False
 
 
 def load_timeout() -> float:
@@ -63,6 +77,15 @@ class ExerciseTimeout(BaseException):
     A BaseException (like KeyboardInterrupt) so that ``except Exception`` in the
     learner's code, and hypothesis' search for a smaller failing example, do not
     swallow it and run the endless loop again.
+    """
+
+
+class LearnerInterrupt(Exception):
+    """A KeyboardInterrupt that the learner's code raised, re-raised as an Exception (its ``__cause__``).
+
+    ``check``'s child process turns it into this so that pytest fails that one
+    test instead of stopping: no Ctrl-C reaches the child, which runs in a
+    process group of its own, so a KeyboardInterrupt there is the lesson's.
     """
 
 
@@ -144,8 +167,8 @@ _counter = itertools.count()
 def lessons_dir_default() -> Path:
     """``$BABYBITNET_LESSONS_DIR`` if set, else ``lessons/`` of the repository."""
     env = os.environ.get(LESSONS_DIR_ENV)
-    root = course.repo_root("lessons")
-    return course.resolve_lessons_dir(env, root) if env else root / "lessons"
+    root = lessons.repo_root("lessons")
+    return lessons.resolve_lessons_dir(env, root) if env else root / "lessons"
 
 
 def load_lesson(
@@ -160,12 +183,12 @@ def load_lesson(
     """
     if isinstance(lesson, int):
         folder = Path(lessons_dir) if lessons_dir is not None else lessons_dir_default()
-        path = course.find_lesson(lesson, folder)
+        path = lessons.find_lesson(lesson, folder)
     else:
         path = Path(lesson)
     path = path.resolve()
     timeout = load_timeout() if timeout is None else timeout
-    cells = course.parse_cells(path.read_text(encoding="utf-8")).cells
+    cells = lessons.parse_cells(path.read_text(encoding="utf-8")).cells
 
     module = types.ModuleType(f"babybitnet_lesson_{path.stem}_{next(_counter)}")
     module.__file__ = str(path)
@@ -180,13 +203,13 @@ def load_lesson(
                 result.error = f"{path.name} did not load, its imports cell (line {cell.start}) failed: {err}"
                 return result
         elif "exercise" in cell.tags:
-            ex = ExerciseCell(cell.exercise_id, course.defined_names(cell.source), cell.start)
+            ex = ExerciseCell(cell.exercise_id, lessons.defined_names(cell.source), cell.start)
             ex.error = _run_cell(cell, module.__dict__, path, timeout)
             result.exercises.append(ex)
     return result
 
 
-def _run_cell(cell: course.Cell, ns: dict[str, Any], path: Path, timeout: float) -> str | None:
+def _run_cell(cell: lessons.Cell, ns: dict[str, Any], path: Path, timeout: float) -> str | None:
     """Run one cell; None if it ran, else what went wrong, in words."""
     source = "\n" * cell.start + cell.source  # so line numbers match the file
     try:
@@ -198,9 +221,9 @@ def _run_cell(cell: course.Cell, ns: dict[str, Any], path: Path, timeout: float)
             exec(code, ns)
     except ExerciseTimeout:
         return f"it kept running for {timeout:g} s while being defined (an endless loop outside a function?)"
-    except KeyboardInterrupt:
-        raise
     except BaseException as e:  # a learner's cell may raise anything, even SystemExit
+        if isinstance(e, KeyboardInterrupt) and not interrupts_are_the_lessons:
+            raise  # Ctrl-C: stop grading
         line = _last_line_in(e, path)
         at = f" at line {line} of {path.name}" if line else ""
         return f"it raised {type(e).__name__}{at}: {e}"
@@ -218,9 +241,164 @@ def _last_line_in(exc: BaseException, path: Path) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Recording what the helpers compared (for `check`, which re-runs the comparisons in its own process)
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.comparisons: list[dict[str, Any]] = []
+        self.depth = 0  # > 0 inside a helper: assert_rounded's own assert_same is not recorded again
+
+
+_recording: _Recording | None = None
+_HELPERS: dict[str, Callable[..., Any]] = {}
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[dict[str, Any]]]:
+    """Record every outermost ``assert_*`` / ``as_float`` call in the block into the list it yields."""
+    global _recording
+    outer, _recording = _recording, _Recording()
+    try:
+        yield _recording.comparisons
+    finally:
+        _recording = outer
+
+
+def _recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make helper ``fn`` record its arguments (copied before the call) and whether it passed."""
+
+    @functools.wraps(fn)
+    def helper(*args: Any, **kwargs: Any) -> Any:
+        rec = _recording
+        if rec is None or rec.depth:
+            return fn(*args, **kwargs)
+        entry = {"helper": fn.__name__, "args": encode_plain((args, kwargs)), "passed": False}
+        rec.comparisons.append(entry)
+        rec.depth += 1
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            rec.depth -= 1
+        entry["passed"] = True
+        return result
+
+    _HELPERS[fn.__name__] = helper
+    return helper
+
+
+def verify_comparisons(comparisons: list[dict[str, Any]]) -> tuple[int, str | None]:
+    """Re-run the recorded comparisons that passed where they were made.
+
+    Returns how many could be re-run, and the first one's failure message, or None
+    when all of them pass here too. A comparison whose arguments could not be
+    copied (``args`` None) is skipped, and not counted.
+    """
+    checked = 0
+    for c in comparisons:
+        if not c.get("passed") or c.get("args") is None or c.get("helper") not in _HELPERS:
+            continue
+        checked += 1
+        try:
+            args, kwargs = decode_plain(c["args"])
+            _HELPERS[c["helper"]](*args, **kwargs)
+        except AssertionError as e:
+            return checked, str(e).strip().splitlines()[0] if str(e).strip() else "assertion failed"
+        except Exception as e:  # noqa: BLE001 - a record that cannot be re-run did not pass
+            return checked, f"{c['helper']} could not be re-run on what was recorded ({type(e).__name__}: {e})"
+    return checked, None
+
+
+def comparing_tests(grader_file: str | Path) -> set[str]:
+    """Names of the test functions in ``grader_file`` that call a recording helper, directly or through
+    the file's own functions: when one passes, it must have recorded a comparison.
+
+    Read from the source, so the lesson's code has no say in it.
+    """
+    tree = ast.parse(Path(grader_file).read_text(encoding="utf-8"))
+    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    calls = {
+        f.name: {c.func.id for c in ast.walk(f) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+        for f in funcs
+    }
+    comparing = set(_HELPERS)
+    while grown := {name for name, called in calls.items() if name not in comparing and called & comparing}:
+        comparing |= grown
+    return {name for name in calls if name.startswith("test") and name in comparing}
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype)
+
+
+def encode_plain(x: Any) -> Any:
+    """``x`` as plain data that ``torch.load(..., weights_only=True)`` reads back, or None if it holds other things.
+
+    Containers become tagged tuples, so ``decode_plain`` rebuilds the same types
+    (list or tuple, dict, numpy array and scalar); tensors become detached CPU
+    copies of class ``torch.Tensor``. Anything else (a learner's own object, a
+    subclass of str or int) makes the whole value unrecordable.
+    """
+    try:
+        return _encode(x, 0)
+    except Exception:  # noqa: BLE001 - whatever the object does, it is just not recordable
+        return None
+
+
+def _encode(x: Any, depth: int) -> Any:
+    if depth > 40:
+        raise _NotPlain("nested too deeply")
+    t = type(x)
+    if t in _SCALARS:
+        return ("v", x)
+    if isinstance(x, torch.Tensor):
+        y = x.detach().to("cpu", copy=True)
+        return ("t", y if type(y) is torch.Tensor else y.as_subclass(torch.Tensor))
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+        return ("a", x.dtype.str, tuple(x.shape), np.ascontiguousarray(x).tobytes())
+    if isinstance(x, np.generic) and x.dtype.kind in "biufc":
+        return ("n", x.dtype.str, x.tobytes())
+    if t is torch.Size:
+        return ("z", tuple(int(d) for d in x))
+    if t is list or t is tuple:
+        if x and type(x[0]) in (int, float, str) and all(type(v) is type(x[0]) for v in x):
+            return ("p" if t is list else "q", list(x))  # a long list of plain numbers (an encoded text): as is
+        return ("l" if t is list else "u", [_encode(v, depth + 1) for v in x])
+    if t is dict:
+        return ("d", [(_encode(k, depth + 1), _encode(v, depth + 1)) for k, v in x.items()])
+    raise _NotPlain(t.__name__)
+
+
+def decode_plain(x: Any) -> Any:
+    """The value that ``encode_plain`` encoded."""
+    tag = x[0]
+    if tag == "v" or tag == "t":
+        return x[1]
+    if tag == "a":
+        return np.frombuffer(x[3], dtype=np.dtype(x[1])).reshape(x[2]).copy()
+    if tag == "n":
+        return np.frombuffer(x[2], dtype=np.dtype(x[1]))[0]
+    if tag == "z":
+        return torch.Size(x[1])
+    if tag == "p" or tag == "q":
+        return list(x[1]) if tag == "p" else tuple(x[1])
+    if tag == "l":
+        return [decode_plain(v) for v in x[1]]
+    if tag == "u":
+        return tuple(decode_plain(v) for v in x[1])
+    if tag == "d":
+        return {decode_plain(k): decode_plain(v) for k, v in x[1]}
+    raise ValueError(f"not an encoded value: tag {tag!r}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Comparing answers
 
 
+@_recorded
 def assert_same(got: Any, expected: Any, what: str) -> None:
     """Fail unless ``got`` equals ``expected`` exactly: same type, shape, dtype and values.
 
@@ -233,6 +411,7 @@ def assert_same(got: Any, expected: Any, what: str) -> None:
         raise AssertionError(_message(what, *problem))
 
 
+@_recorded
 def assert_close(got: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """Like ``assert_same``, but floats may differ by ``atol + rtol * |expected|`` (NaN matches NaN)."""
     problem = _diff(got, expected, True, atol, rtol)
@@ -262,6 +441,7 @@ class CallRecorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@_recorded
 def as_float(value: Any, what: str) -> float:
     """``value`` if it is a Python float, else a failure that says what came back (a tensor: use ``.item()``)."""
     if isinstance(value, torch.Tensor):
@@ -271,6 +451,7 @@ def as_float(value: Any, what: str) -> float:
     return value
 
 
+@_recorded
 def assert_pair(got: Any, what: str, names: str = "(a, b)") -> tuple:
     """``got`` as a 2-tuple, or a failure that says what came back instead (``names`` e.g. "(w_t, s_w)")."""
     if not isinstance(got, (tuple, list)) or len(got) != 2:
@@ -279,6 +460,7 @@ def assert_pair(got: Any, what: str, names: str = "(a, b)") -> tuple:
     return tuple(got)
 
 
+@_recorded
 def assert_rounded(got: Any, unrounded: torch.Tensor, want: torch.Tensor, what: str) -> None:
     """``got == want`` for rounded values, except where ``unrounded`` sits within float rounding of a .5 tie.
 
@@ -526,68 +708,43 @@ def stub_message(exc: BaseException) -> str | None:
     return None
 
 
-def describe_failure(exc: BaseException, lesson_path: str | Path | None = None) -> str:
-    """One line, in words, for what a grader raised."""
+def classify_failure(exc: BaseException, lesson_path: str | Path | None = None) -> tuple[str, str]:
+    """What a grader raised, as (kind, one line in words).
+
+    kind is "not done" (a stub's NotImplementedError), "wrong" (an AssertionError: a
+    comparison failed), "lesson" (the lesson did not load, or lacks a name), "timeout",
+    "exited" (SystemExit), "raised" (an exception raised in the lesson's code, with
+    its line), or "error" (raised in the grader's code, most likely on what the
+    learner's code returned).
+    """
     leaves = exception_leaves(exc)
     for leaf in leaves:
         if stub := stub_message(leaf):
-            return stub
+            return "not done", stub
     first = leaves[0]
-    if isinstance(first, (GradingError, ExerciseTimeout, course.CourseError)):
-        return str(first)
+    if isinstance(first, LearnerInterrupt) and first.__cause__ is not None:
+        first = first.__cause__
+    if isinstance(first, (GradingError, lessons.CourseError)):
+        return "lesson", str(first)
+    if isinstance(first, ExerciseTimeout):
+        return "timeout", str(first)
     if isinstance(first, AssertionError):
         text = str(first).strip()
-        return text.splitlines()[0] if text else "assertion failed"
-    text = f"{type(first).__name__}: {first}".strip()
-    if lesson_path is not None:
-        line = _last_line_in(first, Path(lesson_path).resolve())
-        if line is not None:
-            return f"your code raised {text} (line {line} of {Path(lesson_path).name})"
-    return text
+        return "wrong", text.splitlines()[0] if text else "assertion failed"
+    path = Path(lesson_path).resolve() if lesson_path is not None else None
+    line = _last_line_in(first, path) if path is not None else None
+    where = f"line {line} of {path.name}" if path is not None and line is not None else None
+    if isinstance(first, SystemExit):
+        call = "sys.exit()" if first.code is None else f"sys.exit({first.code!r})"
+        return "exited", f"exited ({call} in your code{', ' + where if where else '?'})"
+    text = f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
+    if where:
+        return "raised", f"raised {text} ({where})"
+    if path is not None:
+        return "error", f"raised {text} (in the grader, not in {path.name}: on what your code returned?)"
+    return "error", f"raised {text}"
 
 
-@dataclass
-class TestResult:
-    nodeid: str
-    exercise: str | None
-    lesson: int | None
-    outcome: str = "passed"  # passed, failed, error, skipped
-    message: str = ""
-
-
-class ResultCollector:
-    """A pytest plugin that records each grader test's exercise, outcome and one-line message.
-
-    ``python -m babybitnet check`` passes one to ``pytest.main``; the
-    ``--grading-report FILE`` option of the test suite writes the same as JSON.
-    The exercise and message come from ``report.user_properties``, which
-    ``tests/exercises/conftest.py`` fills in.
-    """
-
-    __test__ = False  # not a test class, whatever pytest thinks of the name
-
-    def __init__(self, json_path: str | Path | None = None):
-        self.results: dict[str, TestResult] = {}
-        self.collect_errors: list[str] = []
-        self.json_path = json_path
-
-    def pytest_collectreport(self, report: Any) -> None:
-        if report.failed:
-            self.collect_errors.append(f"{report.nodeid}: {report.longreprtext.strip()[-2000:]}")
-
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        props = dict(report.user_properties)
-        r = self.results.get(report.nodeid)
-        if r is None:
-            r = self.results[report.nodeid] = TestResult(report.nodeid, props.get("exercise"), props.get("lesson"))
-        if report.failed and r.outcome in ("passed", "skipped"):
-            r.outcome = "failed" if report.when == "call" else "error"
-            lines = report.longreprtext.strip().splitlines()
-            r.message = props.get("grading_message") or (lines[-1] if lines else report.when + " failed")
-        elif report.skipped and r.outcome == "passed":
-            r.outcome = "skipped"
-
-    def pytest_sessionfinish(self, session: Any) -> None:
-        if self.json_path:
-            data = {"results": [asdict(r) for r in self.results.values()], "collect_errors": self.collect_errors}
-            Path(self.json_path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+def describe_failure(exc: BaseException, lesson_path: str | Path | None = None) -> str:
+    """One line, in words, for what a grader raised (see :func:`classify_failure`)."""
+    return classify_failure(exc, lesson_path)[1]

@@ -43,18 +43,16 @@ every finished run the study rewrites ``results.json``, ``table.md`` and
 from __future__ import annotations
 
 import json
-from concurrent.futures import as_completed
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from babybitnet.ablation import worker_pool
-from babybitnet.bench import describe, machine_info
-from babybitnet.compare import NAMES, run_record, write_results
 from babybitnet.data import load_dataset
+from babybitnet.experiments.study import NAMES, new_figure, ran_on, run_record, run_study, save_figure, write_results
 from babybitnet.presets import MODELS, build_model
-from babybitnet.train import resolve_device, train
+from babybitnet.runtime import describe, resolve_device
+from babybitnet.train import train
 
 BLOCK_SIZE = 256  # nanoGPT's context for Shakespeare: every size sees windows of the same length
 BATCH_SIZE = 64
@@ -102,9 +100,9 @@ def train_overrides(iters: int, eval_iters: int, patience: int, seed: int, dtype
 def run_one(
     size: str,
     model: str,
+    device: str,
     iters: int,
     text: str | None,
-    device: str,
     dtype: str,
     compile: bool,
     seed: int,
@@ -113,7 +111,7 @@ def run_one(
     sizes: dict[str, dict] = SIZES,
     progress: bool = False,
 ) -> dict:
-    """Train ``model`` ("gpt" or "bitnet") at ``size`` (a name in ``sizes``); return its record.
+    """Train ``model`` ("gpt" or "bitnet") at ``size`` (a name in ``sizes``) on ``device``; return its record.
 
     Top-level so that the spawned worker processes of :func:`scale` can run it.
     """
@@ -191,14 +189,11 @@ def markdown_table(results: dict) -> str:
 
 def plot_scale(results: dict, path: str | Path) -> Path:
     """Best val loss vs parameters for both models (left) and the gap babyBitNet - babyGPT (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, works without a display
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
     rows = results["summary"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = new_figure((12, 4.8))
+    left, right = fig.subplots(1, 2)
     for i, m in enumerate(MODELS):
         pts = [(r[f"params_{m}"], r[f"best_val_{m}"], r["size"]) for r in rows if r[f"best_val_{m}"] is not None]
         if pts:
@@ -231,10 +226,7 @@ def plot_scale(results: dict, path: str | Path) -> Path:
             ax.set_xlim(min(params) / 1.5, max(params) * 1.5)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a narrow range labels every minor tick
     fig.suptitle(f"babyGPT vs babyBitNet by size, {tokens} per run, on {describe(results['machine'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def task_devices(device: torch.device, n_tasks: int, n_gpus: int | None = None) -> list[str]:
@@ -296,9 +288,7 @@ def scale(
 
     results: dict = {
         "study": "scale",
-        "device": str(dev),
-        "torch": torch.__version__,
-        "machine": machine_info(dev),
+        **ran_on(dev),
         "data": str(text) if text else "tinyshakespeare",
         "data_chars": len(train_data) + len(val_data),
         "vocab_size": tok.vocab_size,
@@ -335,31 +325,35 @@ def scale(
         results["sizes"] = dict(sorted(merged.items(), key=lambda kv: kv[1]["n_layer"] * kv[1]["n_embd"] ** 2))
         results["models"] = [m for m in MODELS if m in set(old["models"]) | set(models)]
     done = {(r["size"], r["model"]) for r in results["runs"]}
-    tasks = [(s, m) for s in sizes for m in models if (s, m) not in done]
+    todo = [(s, m) for s in sizes for m in models if (s, m) not in done]
     size_order = {s: i for i, s in enumerate(results["sizes"])}
 
-    def record(run: dict | None) -> None:
-        # rewrite the files after every run: a study cut short keeps what it finished
-        if run is not None:
-            results["runs"].append(run)
+    def write() -> None:
+        # after every run: a study cut short keeps what it finished
         results["runs"].sort(key=lambda r: (size_order[r["size"]], MODELS.index(r["model"])))
         results["summary"] = summarize(results["runs"], results["sizes"])
-        write_results(out, results, markdown_table(results))
-        plot_scale(results, out / "scale.png")
+        write_results(out, results, markdown_table(results), {"scale.png": plot_scale})
 
-    record(None)  # the settings (and any resumed runs) are on disk before the first run starts
-    args = dict(iters=iters, text=None if text is None else str(text), dtype=dtype, compile=compile, seed=seed)
-    args.update(eval_iters=eval_iters, patience=patience, sizes=sizes)
-    if jobs == 1 or len(tasks) <= 1:
-        for s, m in tasks:
-            record(run_one(s, m, device=str(dev), progress=progress, **args))
-        return results
-    devices = task_devices(dev, len(tasks))
-    bar = tqdm(total=len(tasks), desc=f"scale ({jobs} jobs)", disable=not progress, dynamic_ncols=True)
-    with worker_pool(min(jobs, len(tasks)), one_thread=not on_cuda) as pool:
-        futures = [pool.submit(run_one, s, m, device=d, **args) for (s, m), d in zip(tasks, devices, strict=True)]
-        for f in as_completed(futures):
-            record(f.result())
-            bar.update()
-    bar.close()
+    def record(run: dict) -> None:
+        results["runs"].append(run)
+        write()
+
+    write()  # the settings (and any resumed runs) are on disk before the first run starts
+    jobs = min(jobs, len(todo))
+    # one job: every run on `dev` with its own progress bar; more: round-robin over the GPUs, one bar for all
+    devices = task_devices(dev, len(todo)) if jobs > 1 else [str(dev)] * len(todo)
+    tasks = [(s, m, d) for (s, m), d in zip(todo, devices, strict=True)]
+    run = partial(
+        run_one,
+        iters=iters,
+        text=None if text is None else str(text),
+        dtype=dtype,
+        compile=compile,
+        seed=seed,
+        eval_iters=eval_iters,
+        patience=patience,
+        sizes=sizes,
+        progress=progress and jobs == 1,
+    )
+    run_study(tasks, run, record, jobs, one_thread=not on_cuda, desc="scale", progress=progress and jobs > 1)
     return results

@@ -26,7 +26,6 @@ norm. ``python -m babybitnet ladder`` runs it and prints a table.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +35,11 @@ from torch import nn
 
 from babybitnet.attention import Head, MultiHeadAttention
 from babybitnet.bigram import BigramLanguageModel
+from babybitnet.experiments.study import ran_on
+from babybitnet.files import write_json
 from babybitnet.gpt import GPT, MLP, Block, GPTConfig, make_linear
-from babybitnet.train import TrainConfig, resolve_device, train
+from babybitnet.runtime import resolve_device
+from babybitnet.train import TrainConfig, train
 
 RUNGS = ("bigram", "head", "multihead", "feedforward", "residual", "norm")
 TITLES = {
@@ -153,7 +155,6 @@ def ladder(
 
     ``train_overrides`` replace training settings, e.g. ``eval_iters=20`` for a quick look.
     """
-    from babybitnet.bench import machine_info
     from babybitnet.data import load_dataset
 
     dev = resolve_device(device)
@@ -162,9 +163,7 @@ def ladder(
     results: dict = {
         "model_config": mcfg.to_dict(),
         "train_config": tcfg.to_dict(),
-        "device": str(dev),
-        "torch": torch.__version__,
-        "machine": machine_info(dev),
+        **ran_on(dev),
         "init": init,
         "rungs": {},
     }
@@ -175,8 +174,7 @@ def ladder(
         r["title"] = TITLES[name]
         results["rungs"][name] = r
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "ladder.json").write_text(json.dumps(results, indent=2))
+        write_json(Path(out) / "ladder.json", results)
     return results
 
 

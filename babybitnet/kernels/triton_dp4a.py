@@ -1,6 +1,6 @@
 """The fast ternary GEMV: four weights per instruction with ``dp4a``, and a fused activation quantizer.
 
-:mod:`babybitnet.triton_gemv` decodes every 2-bit weight on its own: a shift, a mask, a
+:mod:`babybitnet.kernels.triton_gemv` decodes every 2-bit weight on its own: a shift, a mask, a
 select and an add per weight. At batch 1 the H100 runs out of instructions before it runs
 out of memory bandwidth (the profile and the timings are in lesson 13), so that kernel
 stays far from the 8x that 2-bit weights allow. This kernel does the same sum with about
@@ -27,7 +27,7 @@ current ones (a prefetch, software pipelining by hand), so two steps of loads ar
 **Codes, not weights.** The codes are ``w + 1`` in {0, 1, 2}, so ``dp4a`` sums ``(w + 1) * x``;
 ``sum(w * x) = sum((w + 1) * x) - sum(x)``, and ``sum(x)`` is one more ``dp4a`` per word of
 activations with ``a = 0x01010101``, shared by every row of the block. The integer sums are
-exact, as in :mod:`babybitnet.triton_gemv`; one multiplication per output rescales them.
+exact, as in :mod:`babybitnet.kernels.triton_gemv`; one multiplication per output rescales them.
 
 Is it still "add-only"? ``dp4a`` is a multiply-accumulate instruction; with codes in {0, 1, 2}
 its multiplications are by 0, 1 or 2, which a chip could do with wiring alone. What matters on
@@ -40,19 +40,25 @@ the row), then the GEMV kernel rescales as it stores: two kernel launches, nothi
 In Triton's interpreter (``TRITON_INTERPRET=1``, for the CPU tests) there is no inline PTX, so
 :func:`dp4a` falls back to the same sum written with shifts and multiplications.
 K must be a multiple of 16 (whole words; every layer of the presets is);
-:func:`babybitnet.triton_gemv.ternary_matmul` handles any K.
+:func:`babybitnet.kernels.triton_gemv.ternary_matmul` handles any K.
 """
 
 from __future__ import annotations
 
 import torch
 
-from babybitnet.bitlinear import row_scales
-from babybitnet.quant import EPS
-from babybitnet.triton_gemv import Config, _check_config, _check_packed, _require_triton, interpreted, triton
-
-if triton is not None:
-    import triton.language as tl
+from babybitnet.kernels.triton_common import (
+    Config,
+    check_config,
+    check_packed_on,
+    interpreted,
+    program_tile,
+    require_triton,
+    store_outputs,
+    tl,
+    triton,
+)
+from babybitnet.quant import EPS, row_scales
 
 MAX_BLOCK_M = 16  # tokens per program
 DEFAULT_CONFIG = (8, 64, 2)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
@@ -88,7 +94,7 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _load_words(w_rows, q0, KW, n_ok, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    def load_words(w_rows, q0, KW, n_ok, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
         """The (BLOCK_N, BLOCK_W) int32 words of one step. Weights are read once, so the
         caches are told to drop them first ("evict_first"); EVEN needs no masks."""
         q = q0 + tl.arange(0, BLOCK_W)
@@ -101,7 +107,7 @@ if triton is not None:
         return words
 
     @triton.jit
-    def _step(
+    def dp4a_step(
         words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr
     ):
         """acc += codes * x and x_sum += x for one step of BLOCK_W words (16 * BLOCK_W inputs)."""
@@ -138,9 +144,7 @@ if triton is not None:
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0: no masks needed
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
-        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_ok, n_ok = offs_m < M, offs_n < N
+        offs_m, offs_n, m_ok, n_ok = program_tile(M, N, BLOCK_M, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)  # sum of code * x, per thread
         x_sum = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.int32)  # sum of x, to turn codes into weights
         w_rows = w_ptr + offs_n[:, None] * stride_wn
@@ -149,18 +153,14 @@ if triton is not None:
         # arithmetic, so two steps of loads are in flight (else every step waits for memory).
         # The last step is done after the loop, so nothing is ever loaded past the end.
         last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
-        words = _load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
+        words = load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
         for q0 in range(0, last, BLOCK_W):
-            nxt = _load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
-            acc, x_sum = _step(words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
+            nxt = load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
+            acc, x_sum = dp4a_step(words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
             words = nxt
-        acc, x_sum = _step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
+        acc, x_sum = dp4a_step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
-        if RESCALE:
-            s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
-            s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)
-            y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, RESCALE)
 
     @triton.jit
     def quantize_words_kernel(
@@ -196,7 +196,7 @@ if triton is not None:
             tl.store(xw_ptr + row * (K // 4) + jq, word, mask=(q < K // 16)[:, None])
 
 else:
-    dp4a = round_to_int = ternary_gemv_dp4a_kernel = quantize_words_kernel = None
+    dp4a = round_to_int = load_words = dp4a_step = ternary_gemv_dp4a_kernel = quantize_words_kernel = None
 
 
 # ---------------------------------------------------------------- layouts
@@ -220,7 +220,7 @@ def _check_k(k: int) -> None:
     if k % 16:
         raise ValueError(
             f"the dp4a kernel reads 16 weights per word, so K must be a multiple of 16, got K={k}; "
-            "babybitnet.triton_gemv.ternary_matmul handles any K"
+            "babybitnet.kernels.triton_gemv.ternary_matmul handles any K"
         )
 
 
@@ -246,14 +246,14 @@ def dp4a_matmul(
     (BLOCK_N, BLOCK_W words, num_warps), powers of 2 (default :data:`DEFAULT_CONFIG`).
     Never synchronizes, so it can be captured in a CUDA graph.
     """
-    _require_triton()
+    require_triton()
     _check_k(k)
     if not isinstance(x_words, torch.Tensor) or x_words.dtype != torch.int32 or x_words.dim() != 2:
         what = f"{x_words.dtype} {tuple(x_words.shape)}" if isinstance(x_words, torch.Tensor) else type(x_words)
         raise ValueError(f"x_words must be int32 (M, K/4) from prepare_activations, got {what}")
     if x_words.shape[1] != k // 4:
         raise ValueError(f"K mismatch: x_words has {x_words.shape[1]} words per token, K={k} needs {k // 4}")
-    _check_packed(packed, k, x_words.device)
+    check_packed_on(packed, k, x_words.device)
     m, n = x_words.shape[0], packed.shape[0]
     rescale = s_x is not None or s_w_rows is not None
     if rescale:
@@ -267,7 +267,7 @@ def dp4a_matmul(
         return y
     if k == 0:
         return y.zero_()
-    block_n, block_w, num_warps = _check_config(config or DEFAULT_CONFIG)
+    block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = min(MAX_BLOCK_M, triton.next_power_of_2(m))
     block_w = max(8, block_w // block_m)  # keep the (M, N, W) accumulator in registers as tokens grow
     x_words, w = x_words.contiguous(), _words(packed)
@@ -288,7 +288,7 @@ def quantize_words(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, tor
     The same numbers as ``quantize_activations(x.float())``: s_x = 127 / max|x| per token,
     round half to even. One Triton program per token.
     """
-    _require_triton()
+    require_triton()
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"x must be a 2-D float tensor (M, K), got {getattr(x, 'dtype', type(x))}")
     m, k = x.shape
@@ -310,7 +310,7 @@ def dp4a_linear(
 ) -> torch.Tensor:
     """BitLinear inference in two kernels: float (..., k), uint8 (N, k/4), s_w (G,) -> (..., N) in x's dtype.
 
-    The same numbers as :func:`babybitnet.triton_gemv.triton_packed_linear` (the activations are
+    The same numbers as :func:`babybitnet.kernels.triton_gemv.triton_packed_linear` (the activations are
     quantized in float32, the sums are exact int32), up to the float rounding of the rescale.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != k:

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import os
 import statistics
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-NAMES = {"gpt": "babyGPT", "bitnet": "babyBitNet"}
+from babybitnet.experiments.study import NAMES, run_study, write_results
+from babybitnet.runtime import machine_info
 
 
 @dataclass(frozen=True)
@@ -127,21 +127,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _one_thread() -> None:
-    """Worker initializer: several CPU runs side by side are fastest with one thread each."""
-    torch.set_num_threads(1)
-
-
-def worker_pool(jobs: int, one_thread: bool = True) -> ProcessPoolExecutor:
-    """``jobs`` worker processes for independent training runs (``ablate``, ``finetune``, ``scale``).
-
-    Fresh interpreters ("spawn"), so no worker inherits the parent's thread pools or CUDA
-    context; with ``one_thread`` each worker uses one CPU thread (CPU runs side by side).
-    """
-    ctx = torch.multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_one_thread if one_thread else None)
-
-
 def ablate(
     study: str = "ablation",
     seeds: int = 3,
@@ -160,9 +145,6 @@ def ablate(
         raise ValueError(f"unknown study {study!r}; choose one of {sorted(STUDIES)}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    from babybitnet.bench import machine_info
-    from babybitnet.compare import write_results
-
     variants = STUDIES[study]
     overrides = {"eval_interval": eval_interval}
     if iters is not None:
@@ -186,16 +168,6 @@ def ablate(
         results["runs"].sort(key=lambda r: order[(r["variant"], r["model"], r["seed"])])
         results["summary"] = summarize(results["runs"], variants)
         write_results(out, results, markdown_table(results["summary"]))
-        bar.update()
 
-    bar = tqdm(total=len(tasks), desc=f"{study} ({jobs} jobs)", disable=not progress, dynamic_ncols=True)
-    if jobs == 1:
-        for v, s in tasks:
-            record(run_one(v, s, overrides, text))
-    else:
-        with worker_pool(jobs) as pool:
-            futures = [pool.submit(run_one, v, s, overrides, text) for v, s in tasks]
-            for f in as_completed(futures):
-                record(f.result())
-    bar.close()
+    run_study(tasks, partial(run_one, overrides=overrides, text=text), record, jobs, desc=study, progress=progress)
     return results

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -296,7 +294,7 @@ def sync_lessons(solutions_dir: str | Path, lessons_dir: str | Path, write: bool
 
 def repo_root(need: str = "tests/exercises") -> Path:
     """The course repository this package was loaded from (lessons and graders live there, not in the package)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / need).exists():
         raise CourseError(
             f"{need}/ not found next to the babybitnet package (looked in {root}). The lessons and their "
@@ -337,77 +335,7 @@ def exercises_of(path: Path) -> dict[str, list[str]]:
     return {c.exercise_id: defined_names(c.source) for c in lf.tagged("exercise") if c.exercise_id}
 
 
-def check_lesson(number: int, lessons_dir: str | Path | None = None, out: TextIO | None = None) -> int:
-    """Grade lesson ``number`` and print one line per exercise and a score. Returns 0 if all pass, else 1."""
-    import sys
-
-    import pytest
-
-    from babybitnet.grading import ResultCollector
-
-    out = out or sys.stdout
-    root = repo_root()
-    folder = resolve_lessons_dir(lessons_dir, root)
-    lesson = find_lesson(number, folder)
-    graders = root / "tests" / "exercises" / f"test_lesson{number:02d}.py"
-    if not graders.exists():
-        raise CourseError(f"lesson {number} has no graded exercises yet ({graders.relative_to(root)} does not exist)")
-
-    collector = ResultCollector()
-    args = [str(graders), "--lessons-dir", str(folder), "--rootdir", str(root), "-c", str(root / "pyproject.toml")]
-    args += ["-p", "no:cacheprovider", "-q", "--no-header"]
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = pytest.main(args, plugins=[collector])
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or collector.collect_errors:
-        detail = "\n".join(collector.collect_errors) or log.getvalue()[-3000:]
-        raise CourseError(f"the graders of lesson {number} could not run (this is a bug in the course):\n{detail}")
-
-    shown = _display(lesson)
-    print(f"lesson {number}: {shown}", file=out)
-    by_ex: dict[str, list] = {ex: [] for ex in exercises_of(lesson)}
-    for r in collector.results.values():
-        by_ex.setdefault(r.exercise or "?", []).append(r)
-    names = exercises_of(lesson)
-    width = max((len(", ".join(names.get(ex, []))) for ex in by_ex), default=0)
-    passed = 0
-    for ex, results in sorted(by_ex.items(), key=lambda kv: _ex_key(kv[0])):
-        label = f"  {ex:<5} {', '.join(names.get(ex, [])):<{width}}  "
-        failed = [r for r in results if r.outcome != "passed"]
-        if not results:
-            print(f"{label}no graders yet", file=out)
-        elif not failed:
-            passed += 1
-            print(f"{label}passed", file=out)
-        else:
-            first = _one_line(failed[0].message).removesuffix(f" (Exercise {ex})")
-            others = sum(1 for r in failed if r.message != failed[0].message)
-            more = f" (+{others} more failing check{'s' if others > 1 else ''})" if others else ""
-            verdict = first if first.startswith("not done yet") else f"FAILED  {first}"
-            print(f"{label}{verdict}{more}", file=out)
-    total = sum(1 for results in by_ex.values() if results)
-    print(f"score: {passed}/{total} exercises pass", file=out)
-    if passed < total:
-        extra = "" if lessons_dir is None else f" --lessons-dir {lessons_dir}"
-        print(
-            f"edit {shown}, then run this again (details, with tracebacks: "
-            f"python -m pytest tests/exercises/{graders.name}{extra})",
-            file=out,
-        )
-        return 1
-    return 0
-
-
 def _display(path: Path) -> str:
     with contextlib.suppress(ValueError):
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     return str(path)
-
-
-def _ex_key(ex: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in ex.split(".")) if re.fullmatch(r"\d+\.\d+", ex) else (10**6,)
-
-
-def _one_line(msg: str, limit: int = 300) -> str:
-    msg = " ".join(msg.split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."

@@ -1,0 +1,215 @@
+"""Fast generation: a decode step with a static KV cache, replayed as one CUDA graph per token.
+
+At batch 1 a decode step of a small model is a few hundred tiny kernels (two per norm, a handful
+per linear layer, the attention, the sampling), each taking a few microseconds on the GPU. Launched
+one by one from Python, the GPU spends most of the step waiting for the next launch: the model is
+*launch-bound*, and a faster matmul (2-bit weights, lesson 13) changes almost nothing. A CUDA graph
+records the whole step once and replays it with a single launch, so the GPU runs the kernels back to
+back and the time per token becomes the kernels' own time.
+
+A graph replays the very same kernels on the very same memory, so everything the step touches must
+stay in place between tokens:
+
+- :class:`StaticCache` preallocates every layer's keys and values for all ``block_size`` positions
+  (``KVCache`` of :mod:`babybitnet.attention` grows with ``torch.cat`` instead: new memory each step);
+- the position of the next token lives in a GPU tensor that the step itself advances;
+- attention reads the whole cache and masks the positions not written yet, so its shapes never change;
+- the next token is chosen on the GPU (argmax, or the Gumbel-max trick on noise drawn beforehand with
+  the caller's generator) and written into the step's own input: no ``.item()``, no host sync.
+
+:func:`decode_step` is that step in plain PyTorch; it runs anywhere (the CPU tests compare it with
+``GPT.generate``). :func:`generate` runs it eagerly, or captured in a graph on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from babybitnet.attention import CausalSelfAttention
+
+
+class StaticCache:
+    """Keys and values of every layer for all ``block_size`` positions, and the next position (a tensor)."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, dtype: torch.dtype):
+        cfg, attn = model.config, model.blocks[0].attn
+        # n_kv_head heads: with grouped-query attention the cache holds only the shared key/value heads
+        shape = (batch, attn.n_kv_head, cfg.block_size, attn.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # where the next token goes
+        self.positions = torch.arange(cfg.block_size, device=device)
+
+    def reset(self) -> None:
+        self.pos.zero_()  # stale keys past pos are masked, so they need no clearing
+
+
+def _attend(
+    attn: CausalSelfAttention, h: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache
+) -> torch.Tensor:
+    """One new token per sequence through ``attn``, its k and v written into the static cache at ``cache.pos``.
+
+    The same pieces as ``CausalSelfAttention.forward`` (heads, RoPE at ``cache.pos``, shared heads, SubLN, proj).
+    """
+    q, k, v = attn.split_heads(h)
+    q, k = attn.rotate(q, k, cache.pos)
+    k_cache.index_copy_(2, cache.pos, k.to(k_cache.dtype))
+    v_cache.index_copy_(2, cache.pos, v.to(v_cache.dtype))
+    seen = (cache.positions <= cache.pos).view(1, 1, 1, -1)  # the new token sees itself and every earlier one
+    keys, values = attn.expand_kv(k_cache.to(q.dtype), v_cache.to(q.dtype))
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen, scale=attn.scale)
+    return attn.merge_heads(y)
+
+
+def decode_step(model: torch.nn.Module, cache: StaticCache, tok: torch.Tensor) -> torch.Tensor:
+    """Logits (B, vocab) of the token after ``tok`` (B, 1), which sits at position ``cache.pos``; advances pos.
+
+    The same computation as ``GPT.forward(tok, cache=...)`` in eval mode (no dropout), with the
+    static cache in place of the growing one.
+    """
+    x = model.tok_emb(tok)
+    if model.pos_emb is not None:  # with RoPE the attention rotates q and k at cache.pos instead
+        x = x + model.pos_emb(cache.pos)
+    for i, block in enumerate(model.blocks):
+        x = x + _attend(block.attn, block.ln1(x), cache.k[i], cache.v[i], cache)
+        x = x + block.mlp(block.ln2(x))
+    cache.pos.add_(1)
+    return model.lm_head(model.ln_f(x))[:, -1, :]
+
+
+def choose(logits: torch.Tensor, temperature: float, top_k: int | None, noise: torch.Tensor | None) -> torch.Tensor:
+    """The next token (B, 1): argmax when ``temperature == 0``, else a sample by the Gumbel-max trick.
+
+    argmax(logits / T + g) with g = -log(-log(u)), u uniform, is a sample of softmax(logits / T): the
+    same distribution as ``torch.multinomial`` (not the same draws), with no host synchronisation.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return (logits - torch.log(-torch.log(noise))).argmax(dim=-1, keepdim=True)
+
+
+class Decoder:
+    """Generation state for one model, batch size and sampling setting; the step captured in a CUDA graph.
+
+    ``seq`` (B, block_size) holds the tokens; one call of :meth:`step` reads the token at ``pos``,
+    writes the chosen next one at ``pos + 1`` and advances ``pos``: prefill and decode are the same step
+    (the prompt's own next-token choices are overwritten by the prompt).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, batch: int, temperature: float, top_k: int | None, graph: bool, compile: bool
+    ):
+        self.model, self.temperature, self.top_k = model, temperature, top_k
+        # torch.compile fuses the small ops between the matmuls (norms, adds, activations, the mask): at
+        # batch 1 they are most of the kernels of a step; the packed layers stay one opaque op each
+        self.decode_step = torch.compile(decode_step, dynamic=False) if compile else decode_step
+        weight = model.tok_emb.weight
+        self.device, T = weight.device, model.config.block_size
+        self.cache = StaticCache(model, batch, self.device, weight.dtype)
+        self.seq = torch.zeros(batch, T + 1, dtype=torch.long, device=self.device)
+        # uniform noise per (position, sequence, token) for sampling, drawn before each generation
+        self.noise = torch.rand(T, batch, model.config.vocab_size, device=self.device) if temperature else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph:
+            self._capture()
+
+    def _eager_step(self) -> None:
+        pos = self.cache.pos
+        tok = self.seq.index_select(1, pos)
+        noise = None if self.noise is None else self.noise.index_select(0, pos)[0]
+        nxt = choose(self.decode_step(self.model, self.cache, tok), self.temperature, self.top_k, noise)
+        self.seq.index_copy_(1, self.cache.pos, nxt)  # pos was advanced: the token after tok
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up outside the graph: Triton compiles, cuBLAS picks its kernels
+            for _ in range(3):
+                self._eager_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.cache.reset()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._eager_step()
+        self.cache.reset()
+
+    def step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._eager_step()
+
+    @torch.no_grad()
+    def run(self, idx: torch.Tensor, steps: int, generator: torch.Generator | None) -> torch.Tensor:
+        """idx (B, T0) followed by ``steps`` new tokens: (B, T0 + steps), T0 + steps <= block_size."""
+        t0 = idx.shape[1]
+        self.cache.reset()
+        self.seq[:, :t0].copy_(idx)
+        if self.noise is not None:  # the caller's generator draws the noise: reproducible samples
+            where = generator.device if generator is not None else "cpu"
+            self.noise.copy_(torch.rand(self.noise.shape, generator=generator, device=where).clamp_(min=1e-20))
+        for i in range(t0 - 1):  # the prompt: fill the cache, then put the prompt's next token back
+            self.step()
+            self.seq[:, i + 1].copy_(idx[:, i + 1])
+        for _ in range(steps):
+            self.step()
+        return self.seq[:, : t0 + steps].clone()
+
+
+def _decoder(
+    model: torch.nn.Module, batch: int, temperature: float, top_k: int | None, graph: bool, compile: bool
+) -> Decoder:
+    """The model's Decoder for these settings, built (and captured) once and reused by later calls."""
+    weight = model.tok_emb.weight
+    key = (batch, float(temperature), top_k, graph, compile, weight.device, weight.dtype, weight.data_ptr())
+    decoders = model.__dict__.setdefault("_decoders", {})  # not a module attribute: not in the state dict
+    if key not in decoders:
+        decoders.clear()  # weights moved or settings changed: the old graphs point at the old memory
+        decoders[key] = Decoder(model, batch, temperature, top_k, graph, compile)
+    return decoders[key]
+
+
+def usable(model: torch.nn.Module) -> bool:
+    """Whether :func:`generate` can run ``model``: our GPT blocks (``supports_cache``), nothing swapped in."""
+    return getattr(model, "supports_cache", lambda: False)()
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    graph: bool | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Append up to ``block_size - T0`` new tokens to idx (B, T0) with the static-cache decode step.
+
+    ``graph=None`` captures the step in a CUDA graph on CUDA and runs it eagerly elsewhere;
+    ``compile=True`` fuses the step with ``torch.compile`` first (slow to compile, faster to run). Greedy
+    (``temperature=0``) gives the tokens of ``GPT.generate`` (up to float rounding); sampling draws
+    the same distribution but other samples. Returns (B, T0 + n) with n = min(max_new_tokens,
+    block_size - T0); ``GPT.generate`` continues past block_size with its sliding window.
+    """
+    if not usable(model):
+        raise ValueError("decode.generate needs a babybitnet GPT with its own blocks (model.supports_cache())")
+    was_training = model.training
+    model.eval()
+    try:
+        steps = min(max_new_tokens, model.config.block_size - idx.shape[1])
+        if steps <= 0:
+            return idx
+        on_cuda = idx.device.type == "cuda"
+        dec = _decoder(model, idx.shape[0], temperature, top_k, on_cuda if graph is None else graph, compile)
+        return dec.run(idx, steps, generator)
+    finally:
+        model.train(was_training)

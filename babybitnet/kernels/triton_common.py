@@ -1,0 +1,89 @@
+"""What the Triton kernels share: the optional import, the interpreter test, configs, input checks,
+and the two pieces of a GEMV kernel that are the same in both (:func:`program_tile`, :func:`store_outputs`).
+
+Triton is optional (``pip install triton``; a GPU build of torch ships it): without it these modules
+still import, and calling a kernel raises :func:`require_triton`'s error. With ``TRITON_INTERPRET=1``
+set before the import, kernels run in Triton's interpreter on CPU tensors (slow, for tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from babybitnet.packing import check_packed_2bit
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the module still imports; using a kernel raises require_triton's error
+    triton = None
+    tl = None
+
+Config = tuple[int, int, int]  # (BLOCK_N rows, BLOCK_K inputs or BLOCK_W words, num_warps)
+
+if triton is not None:
+
+    @triton.jit
+    def _probe(x_ptr):  # a kernel that does nothing: its type tells whether triton.jit interprets
+        pass
+
+    @triton.jit
+    def program_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's tile of a GEMV: its BLOCK_M tokens and BLOCK_N output rows, and which of them are real.
+
+        Program (p0, p1) of the grid owns rows p0 * BLOCK_N + 0..BLOCK_N-1 and tokens p1 * BLOCK_M + 0..BLOCK_M-1;
+        near the edges some are past N or M, and the masks ``m_ok``, ``n_ok`` switch them off.
+        """
+        offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        return offs_m, offs_n, offs_m < M, offs_n < N
+
+    @triton.jit
+    def store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, RESCALE: tl.constexpr):
+        """Store the (BLOCK_M, BLOCK_N) tile of sums ``y``; with RESCALE, ``y / (s_x[m] * s_w[n])``: one
+        multiplication per output, never per weight. The store is masked: nothing past M or N is written."""
+        if RESCALE:
+            s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
+            s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)
+            y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+
+else:
+    program_tile = store_outputs = None
+
+
+def require_triton() -> None:
+    """Raise ImportError with the fix if Triton is not installed."""
+    if triton is None:
+        raise ImportError(
+            "babybitnet's GPU kernels need Triton: pip install triton (it comes with torch's CUDA builds on Linux)"
+        )
+
+
+def interpreted() -> bool:
+    """True if kernels run in Triton's interpreter (TRITON_INTERPRET=1 was set before the import)."""
+    require_triton()
+    return type(_probe).__name__ == "InterpretedFunction"
+
+
+def check_config(config: Config) -> Config:
+    """A launch config (BLOCK_N, BLOCK_K, num_warps): each a power of 2, BLOCK_K at least 8."""
+    block_n, block_k, num_warps = config
+    for name, v in (("BLOCK_N", block_n), ("BLOCK_K", block_k), ("num_warps", num_warps)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of 2, got {v!r} in config {config}")
+    if block_k < 8:
+        raise ValueError(f"BLOCK_K must be at least 8 (2 bytes per row), got {block_k}")
+    return config
+
+
+def check_packed_on(packed: torch.Tensor, k: int, device: torch.device) -> None:
+    """packed must hold the 2-bit codes of k weights per row, on ``device`` (the activations'), where Triton runs."""
+    check_packed_2bit(packed, k)
+    if device != packed.device:
+        raise ValueError(f"x and packed must be on the same device, got {device} and {packed.device}")
+    if device.type != "cuda" and not interpreted():
+        raise ValueError(
+            f"the Triton kernels run on a CUDA GPU but the tensors are on {device}; to run them on CPU in "
+            "Triton's interpreter, set TRITON_INTERPRET=1 before importing babybitnet"
+        )

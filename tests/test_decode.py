@@ -1,0 +1,86 @@
+"""The static-cache decode step (babybitnet.decode): the same tokens as GPT.generate, sampling from the same law."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babybitnet import decode
+from babybitnet.gpt import GPT, GPTConfig
+from babybitnet.packed import pack_model
+
+
+def tiny(linear: str, seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=11, block_size=12, n_embd=16, n_head=2, n_layer=2, dropout=0.0, linear=linear)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("linear", ["fp", "bitnet", "packed"])
+def test_greedy_tokens_equal_generate(linear):
+    model = tiny("bitnet" if linear == "packed" else linear, seed=3)
+    if linear == "packed":
+        model = pack_model(model)
+    idx = torch.tensor([[1, 4, 2], [0, 0, 7]])
+    want = model.generate(idx, 9, temperature=0, use_cache=False)
+    got = decode.generate(model, idx, 9, temperature=0, graph=False)
+    assert got.shape == want.shape == (2, 12)
+    assert torch.equal(got, want), (got, want)
+
+
+def test_logits_equal_forward():
+    model = tiny("fp", seed=1)
+    idx = torch.tensor([[3, 1, 4, 1, 5]])
+    want, _ = model(idx)
+    cache = decode.StaticCache(model, 1, torch.device("cpu"), torch.float32)
+    for t in range(idx.shape[1]):
+        got = decode.decode_step(model, cache, idx[:, t : t + 1])
+        torch.testing.assert_close(got, want[:, t], rtol=1e-5, atol=1e-5)
+    assert int(cache.pos) == 5
+
+
+def test_stops_at_block_size_and_generate_goes_on():
+    model = tiny("fp", seed=2)
+    idx = torch.tensor([[1, 2]])
+    assert decode.generate(model, idx, 100, graph=False).shape == (1, 12)  # block_size 12
+    assert model.generate(idx, 20, temperature=0).shape == (1, 22)  # GPT.generate slides its window after that
+
+
+def test_sampling_draws_the_softmax_distribution():
+    # Gumbel-max on fixed logits: the frequencies of each token match softmax(logits / T)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
+    noise = torch.rand(logits.shape, generator=gen).clamp_(min=1e-20)
+    picks = decode.choose(logits, 0.7, None, noise).flatten()
+    freq = torch.bincount(picks, minlength=4).float() / len(picks)
+    torch.testing.assert_close(freq, torch.softmax(logits[0] / 0.7, -1), atol=0.015, rtol=0)
+    top2 = decode.choose(logits, 1.0, 2, noise).flatten()
+    assert set(top2.tolist()) == {0, 1}
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = tiny("bitnet", seed=4)
+    idx = torch.tensor([[1]])
+    a = decode.generate(model, idx, 8, temperature=1.0, generator=torch.Generator().manual_seed(5), graph=False)
+    b = decode.generate(model, idx, 8, temperature=1.0, generator=torch.Generator().manual_seed(5), graph=False)
+    assert torch.equal(a, b)
+
+
+def test_a_swapped_in_block_is_refused():
+    model = tiny("fp")
+    model.blocks[0] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="supports_cache"):
+        decode.generate(model, torch.tensor([[1]]), 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("linear", ["fp", "bitnet", "packed"])
+def test_graph_replay_equals_eager_on_cuda(linear):
+    model = tiny("bitnet" if linear == "packed" else linear, seed=3, n_embd=64, n_head=4).cuda()
+    if linear == "packed":
+        model = pack_model(model)
+    idx = torch.tensor([[1, 4, 2]], device="cuda")
+    eager = decode.generate(model, idx, 9, graph=False)
+    graphed = decode.generate(model, idx, 9, graph=True)
+    assert torch.equal(eager, graphed)
+    assert torch.equal(decode.generate(model, idx, 9, graph=True), graphed)  # the captured graph is reused

@@ -1,0 +1,74 @@
+"""The one-launch BitLinear (quantize + dp4a GEMV + rescale): the numbers of dp4a_linear, in the interpreter on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from babybitnet.kernels.triton_bitlinear import bitlinear_dp4a  # noqa: E402
+from babybitnet.packing import pack_2bit  # noqa: E402
+from babybitnet.quant import quantize_activations, row_scales  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = (4, 8, 1)  # (BLOCK_N, BLOCK_W words, num_warps): several programs and steps on small shapes
+
+
+def reference(x: torch.Tensor, w_t: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    """quantize_activations in float32, exact integer sums, one rescale: what every packed path computes."""
+    x_i, s_x = quantize_activations(x.float())
+    sums = x_i.double() @ w_t.double().T
+    return (sums.float() / (s_x * row_scales(s_w, w_t.shape[0]))).to(x.dtype)
+
+
+def case(m: int, n: int, k: int, seed: int, groups: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * 3
+    w_t = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
+    s_w = torch.rand(groups, generator=g) + 0.5
+    return x, w_t, s_w
+
+
+@settings(max_examples=25)
+@given(m=st.integers(1, 5), n=st.integers(1, 13), kw=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_equals_the_reference(m, n, kw, seed):
+    x, w_t, s_w = case(m, n, 16 * kw, seed)
+    got = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), 16 * kw, SMALL)
+    torch.testing.assert_close(got.cpu(), reference(x, w_t, s_w), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [(4, 8, 1), (8, 8, 2), (2, 16, 1)])
+def test_configs_and_groups(config):
+    x, w_t, s_w = case(3, 24, 96, seed=1, groups=3)
+    got = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), 96, config)
+    torch.testing.assert_close(got.cpu(), reference(x, w_t, s_w), rtol=1e-6, atol=1e-6)
+
+
+def test_rounding_ties_and_zeros():
+    # x * s_x lands exactly on .5 for several inputs: round half to even, as torch.round
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5] + [0.0] * 10])
+    w_t = torch.ones(2, 16, dtype=torch.int8)
+    got = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), torch.ones(1, device=DEVICE), 16, SMALL)
+    torch.testing.assert_close(got.cpu(), reference(x, w_t, torch.ones(1)), rtol=0, atol=0)
+    zeros = bitlinear_dp4a(
+        torch.zeros(1, 16, device=DEVICE), pack_2bit(w_t).to(DEVICE), torch.ones(1, device=DEVICE), 16
+    )
+    assert torch.equal(zeros.cpu(), torch.zeros(1, 2))
+
+
+def test_errors_say_what_to_do():
+    w = pack_2bit(torch.zeros(4, 32, dtype=torch.int8)).to(DEVICE)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        bitlinear_dp4a(
+            torch.zeros(1, 20, device=DEVICE),
+            pack_2bit(torch.zeros(4, 20, dtype=torch.int8)).to(DEVICE),
+            torch.ones(1),
+            20,
+        )
+    with pytest.raises(ValueError, match="at most 16 tokens"):
+        bitlinear_dp4a(torch.zeros(17, 32, device=DEVICE), w, torch.ones(1, device=DEVICE), 32)
+    with pytest.raises(ValueError, match="2-D float"):
+        bitlinear_dp4a(torch.zeros(1, 32, dtype=torch.int8, device=DEVICE), w, torch.ones(1, device=DEVICE), 32)
