@@ -38,6 +38,7 @@ from babybitnet.presets import MODELS, PRESETS
 from babybitnet.runtime import DEVICES
 
 PROG = "python -m babybitnet"
+SAMPLE_CHUNK = 32  # sample prints its text every this many new tokens
 MAX_TOKENS = 100_000  # --max-new-tokens, --tokens: more is a typo, not a plan (and minutes of generation)
 SEED_LIMIT = 2**63  # seeds below it: torch.manual_seed takes 64 bits, and int64 holds them everywhere
 
@@ -157,6 +158,9 @@ def check_output_dir(path: str | Path, flag: str, writes: tuple[str, ...]) -> Pa
         if (path / name).is_dir():
             raise IsADirectoryError(f"{flag} {path}: {path / name} is a folder, where this command writes a file")
     check_writable(path, flag)
+    earlier = [name for name in writes if (path / name).is_file()]
+    if earlier:  # not an error: rerunning a study into its folder is normal, but say what goes
+        print(f"note: {path} holds an earlier {', '.join(earlier)}; this run replaces them", file=sys.stderr)
     return path
 
 
@@ -252,6 +256,21 @@ def _add_eval_interval(p: argparse.ArgumentParser, default: int | None = None) -
     p.add_argument("--eval-interval", type=positive_int, default=default, help=what)
 
 
+def _add_text_or_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
+    g.add_argument("--data", default=None, metavar="DIR", help="a dataset written by `prepare` (read from disk)")
+
+
+def check_data(text: str | None, data: str | None) -> None:
+    """Read --text, or open --data, now: a bad corpus fails before the training, not inside it."""
+    check_text(text)
+    if data is not None:
+        from babybitnet.prepare import load_prepared
+
+        load_prepared(data)
+
+
 def _add_text(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default=None, help="a UTF-8 text file to train on instead of Tiny Shakespeare")
 
@@ -297,7 +316,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     _add_eval_interval(p)
     _add_device(p)
     _add_seed(p, default=None)
-    _add_text(p)
+    _add_text_or_data(p)
     _add_quiet(p)
     _add_dtype(p, "the preset's, float32")
     _add_compile(p, "the preset's, off")
@@ -309,7 +328,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from babybitnet.runtime import describe
 
     out = check_output_dir(args.out, "--out", COMPARE_FILES)
-    check_text(args.text)
+    check_data(args.text, args.data)
     results = compare(
         preset=args.preset,
         iters=args.iters,
@@ -317,6 +336,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=out,
         text=args.text,
+        data=args.data,
         progress=not args.quiet,
         dtype=args.dtype,
         compile=args.compile,
@@ -339,7 +359,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     _add_eval_interval(p)
     _add_device(p)
     _add_seed(p, default=None)
-    _add_text(p)
+    _add_text_or_data(p)
     _add_quiet(p)
     _add_dtype(p, "the preset's, float32")
     _add_compile(p, "the preset's, off")
@@ -348,16 +368,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from babybitnet import runtime
-    from babybitnet.data import load_dataset
     from babybitnet.files import save_checkpoint, write_json
+    from babybitnet.prepare import data_record, load_corpus
     from babybitnet.presets import build_model
     from babybitnet.train import TrainingInterrupted, train
 
     out = check_output_file(args.out, "--out", "checkpoint")
     check_output_file(summary_path(out), "--out", "train summary")
-    check_text(args.text)
+    check_data(args.text, args.data)
     dev = runtime.init_distributed(runtime.resolve_device(args.device))  # under torchrun: join the others
-    tok, train_data, val_data = load_dataset(args.text)
+    tok, train_data, val_data = load_corpus(args.text, args.data)
     model, tcfg = build_model(
         args.preset,
         args.model,
@@ -386,6 +406,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     meta = {"preset": args.preset, "train_config": tcfg.to_dict(), "device": str(dev), "torch": torch.__version__}
     meta["processes"] = r["processes"]
+    meta["data"] = data_record(args.text, args.data)
     meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})
     path = save_checkpoint(out, model, tok, meta)
     write_json(summary_path(path), {**meta, "params": r["params"], "history": r["history"]})
@@ -415,8 +436,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, tok, _ = (load_packed if args.packed else load_checkpoint)(args.checkpoint, device=dev)
     idx = torch.tensor([tok.encode(args.prompt or "\n")], dtype=torch.long, device=dev)
     g = torch.Generator(device=dev).manual_seed(args.seed)
-    out = model.generate(idx, max_new_tokens=args.max_new_tokens, temperature=args.temperature, generator=g)
-    print(tok.decode(out[0]))
+    print(tok.decode(idx[0].tolist()), end="", flush=True)
+    # Stream: generate a chunk at a time and print it at once, so a long sample shows as it grows
+    # (and Ctrl-C keeps what was printed). Each chunk continues from everything generated so far.
+    left = args.max_new_tokens
+    while left > 0:
+        step = min(left, SAMPLE_CHUNK)
+        out = model.generate(idx, max_new_tokens=step, temperature=args.temperature, generator=g)
+        print(tok.decode(out[0, idx.shape[1] :].tolist()), end="", flush=True)
+        idx, left = out[:, -model.config.block_size :], left - step
+    print()
     return 0
 
 
@@ -904,6 +933,76 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prepare
+PREPARE_FILES = ("train.bin", "val.bin", "meta.json")
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "prepare",
+        cmd_prepare,
+        "tokenize a text file or folder into token files that train reads from disk (--data)",
+        description="Train a tokenizer on a corpus (a UTF-8 text file, a folder of them, or 'stdlib': the Python "
+        "standard library's source, about 12.6 MB) and write OUT/train.bin and OUT/val.bin (the first 90% and the "
+        "rest, by bytes; uint16 ids, uint32 past 65,536 tokens) and OUT/meta.json (the tokenizer, the token counts "
+        "and which files, their size and sha256). Then: `python -m babybitnet train --data OUT ...`.",
+    )
+    p.add_argument("corpus", metavar="TEXT_FILE_OR_DIR", help="a UTF-8 text file, a folder of them, or 'stdlib'")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="characters, or a byte-level BPE")
+    p.add_argument(
+        "--vocab-size", type=int_at_least(257), default=None, help="bpe: tokens in the vocabulary, >= 257 (e.g. 4096)"
+    )
+    p.add_argument("--out", required=True, help="folder to write train.bin, val.bin and meta.json into")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from babybitnet.prepare import prepare
+
+    if args.tokenizer == "bpe" and args.vocab_size is None:
+        args.parser.error("--tokenizer bpe needs --vocab-size N (>= 257, e.g. 4096)")
+    if args.tokenizer == "char" and args.vocab_size is not None:
+        args.parser.error(
+            "--vocab-size is for --tokenizer bpe (a char tokenizer's vocabulary is the corpus's characters)"
+        )
+    out = check_output_dir(args.out, "--out", PREPARE_FILES)
+    meta = prepare(args.corpus, out, args.tokenizer, args.vocab_size)
+    c, n = meta["corpus"], meta["tokens"]
+    print(f"{args.corpus}: {len(c['files']):,} files, {c['bytes']:,} bytes (sha256 {c['sha256'][:12]})")
+    kind, size, dtype = meta["tokenizer_kind"], meta["vocab_size"], meta["dtype"]
+    print(f"{kind} tokenizer, {size:,} tokens: {n['train']:,} train and {n['val']:,} val {dtype} ids")
+    print(f"wrote {out / 'train.bin'}, val.bin and meta.json; train with `python -m babybitnet train --data {out} ...`")
+    return 0
+
+
+# ---------------------------------------------------------------- convert-hf
+def add_convert_hf(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "convert-hf",
+        cmd_convert_hf,
+        "convert a Hugging Face BitNet checkpoint folder (config.json + *.safetensors) into a packed babyBitNet",
+        description="Read a transformers BitNet checkpoint (the packed uint8 weights with weight_scale of "
+        "microsoft/bitnet-b1.58-2B-4T, or the bf16 master weights of its -bf16 variant) into babyBitNet's 2B4T "
+        "block, pack it and write it as our safetensors file; a tokenizer.json is copied beside it "
+        "(OUT.tokenizer.json). Nothing is downloaded: DIR must hold the files.",
+    )
+    p.add_argument("dir", help="checkpoint folder, e.g. a download of microsoft/bitnet-b1.58-2B-4T")
+    p.add_argument("out", help="packed model file to write, e.g. runs/bitnet2b.safetensors")
+    p.add_argument("--format", choices=FORMATS, default="2bit", help="2bit: 2 bits per weight; base3: 1.6")
+
+
+def cmd_convert_hf(args: argparse.Namespace) -> int:
+    from babybitnet.hf import convert_hf
+
+    if not Path(args.dir).is_dir():
+        raise FileNotFoundError(f"no checkpoint folder {args.dir} (it must hold config.json and *.safetensors)")
+    out = check_output_file(args.out, "out", "packed model")
+    path = convert_hf(args.dir, out, args.format)
+    print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- grpo
 GRPO_FILES = ("results.json", "table.md", "reward.png")
 GRPO_MODELS = ("gpt", "bitnet", "finetuned")  # babybitnet.experiments.grpo.MODELS, without importing it for --help
@@ -960,7 +1059,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- the parser and main
 COMMANDS = (add_compare, add_train, add_sample, add_pack, add_bench, add_check, add_lessons,
-            add_ablate, add_ladder, add_finetune, add_scale, add_grpo)  # fmt: skip
+            add_ablate, add_ladder, add_finetune, add_scale, add_grpo, add_convert_hf, add_prepare)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

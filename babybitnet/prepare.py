@@ -1,7 +1,7 @@
 """Prepare: a text corpus -> a tokenizer and token files on disk that training reads without loading them.
 
 nanoGPT's ``prepare.py``, for any text file or folder of text: it trains a tokenizer on the corpus,
-encodes it, and writes the token ids as raw little arrays, ``train.bin`` (the first ``train_frac`` of
+encodes it, and writes the token ids as raw little-endian arrays, ``train.bin`` (the first ``train_frac`` of
 the corpus, by bytes) and ``val.bin`` (the rest), of ``uint16`` when the vocabulary has at most 65,536
 ids and ``uint32`` otherwise. Training maps them into memory with ``numpy.memmap`` and
 :func:`babybitnet.data.get_batch` reads only the windows it draws, so a corpus may be larger than the
@@ -327,6 +327,21 @@ def check_tokenizer(dataset: TokenDataset, tokenizer: Tokenizer, what: str = "th
             f"{dataset.vocab_size} tokens) than {what} ({tokenizer_kind(tokenizer)}, {tokenizer.vocab_size} tokens); "
             f"prepare the text with that tokenizer (prepare(..., tokenizer=its_tokenizer))"
         )
+
+
+def data_record(text: str | Path | None = None, data: str | Path | None = None) -> dict:
+    """What a run trained on, for its results: the text file, or the prepared dataset with its corpus record."""
+    if data is None:
+        return {"text": str(text) if text is not None else "tinyshakespeare"}
+    meta = _meta(Path(data))
+    corpus = meta.get("corpus", {})
+    return {
+        "data": str(data),
+        "tokenizer": meta.get("tokenizer_kind"),
+        "vocab_size": meta.get("vocab_size"),
+        "tokens": meta.get("tokens"),
+        "corpus": {k: corpus.get(k) for k in ("source", "bytes", "sha256")} | {"files": len(corpus.get("files", []))},
+    }
 
 
 def load_corpus(

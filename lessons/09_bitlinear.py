@@ -310,9 +310,10 @@ print(bitnet.blocks[0])
 #
 # A short run with the `seed` preset (the seed project's settings: batch 16,
 # context 32, AdamW, constant learning rate 1e-3 for babyGPT and 9e-4 for
-# babyBitNet), 400 steps each, with a small loss estimate every 50 steps to
-# stay quick. We add the FAQ variant (norm inside BitLinear) with babyBitNet's
-# learning rate.
+# babyBitNet), 200 steps each, with a small loss estimate (10 batches) every
+# 50 steps: about half a minute of CPU, to keep the lesson within a minute.
+# We add the FAQ variant (norm inside BitLinear) with babyBitNet's learning
+# rate.
 
 # %%
 import time
@@ -329,7 +330,7 @@ for label, model_name, extra in [
     ("babyBitNet", "bitnet", {}),
     ("babyBitNet, norm inside", "bitnet", {"bitlinear_norm": True}),
 ]:
-    mcfg, tcfg = get_preset("seed", model_name, vocab_size=tok.vocab_size, max_iters=400, eval_iters=20)
+    mcfg, tcfg = get_preset("seed", model_name, vocab_size=tok.vocab_size, max_iters=200, eval_iters=10)
     tcfg = replace(tcfg, eval_interval=50)
     torch.manual_seed(1337)
     model = GPT(replace(mcfg, **extra))
@@ -346,15 +347,15 @@ fig, ax = plt.subplots(figsize=(8, 4))
 for label, r in runs.items():
     h = r["history"]
     ax.plot(h["step"], h["val"], "o-", label=f"{label} (val)")
-ax.set(xlabel="step", ylabel="val loss (nats per character)", title="400 steps of the seed preset")
+ax.set(xlabel="step", ylabel="val loss (nats per character)", title="200 steps of the seed preset")
 ax.grid(alpha=0.3)
 ax.legend()
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# After a few hundred steps babyGPT and babyBitNet are still close. The
-# variant with the norm inside starts slower here; one seed of a 400-step run
+# After 200 steps babyGPT and babyBitNet are still close. The
+# variant with the norm inside starts slower here; one seed of a 200-step run
 # at this small size says little about which recipe ends better, and lesson 10
 # measures it properly. (The ms per step above are from this run, on whatever
 # machine runs the lesson; compare them only with each other.) The full seed-size run

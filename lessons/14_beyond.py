@@ -219,13 +219,13 @@ plt.show()
 # ### A short run you can watch
 #
 # The whole experiment in miniature, with the package's functions: train a
-# babyGPT (the `recipe` preset, `bias=False`) for 800 steps, convert it, look
+# babyGPT (the `recipe` preset, `bias=False`) for 500 steps, convert it, look
 # at its val loss with the quantization off and fully on, then fine-tune two
-# copies for 300 steps: one with $\lambda$ warming up over 150 steps, one
+# copies for 200 steps: one with $\lambda$ warming up over 100 steps, one
 # switched on at once. (`finetune` is lesson 5's `train` with
 # `set_quant_strength(model, lambda_at(step, warmup))` called before every
-# step.) The loss estimates use 20 batches instead of 200, so they are noisy
-# by about 0.01. The fine-tunes use a peak learning rate of 1e-3: 300 steps
+# step.) The loss estimates use 10 batches instead of 200, so they are noisy
+# by about 0.02. The fine-tunes use a peak learning rate of 1e-3: 200 steps
 # give a model knocked out of its minimum by the recipe's 3e-3 no time to come
 # back (the full runs below try both).
 
@@ -240,9 +240,9 @@ from babybitnet.train import train
 
 t0 = time.perf_counter()
 tok, train_data, val_data = load_dataset()
-gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=800, eval_iters=20)
+gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=500, eval_iters=10)
 gpt_run = train(gpt, train_data, val_data, gcfg, "cpu", progress=False)
-fine = dict(max_iters=300, eval_iters=20, eval_interval=25, lr=1e-3, lr_stage2=5e-4)
+fine = dict(max_iters=200, eval_iters=10, eval_interval=25, lr=1e-3, lr_stage2=5e-4)
 _, fcfg = get_preset("recipe", "bitnet", tok.vocab_size, {"bias": False}, **fine)
 
 converted = to_bitnet(gpt)
@@ -252,7 +252,7 @@ for lam in (0.0, 1.0):
     print(f"converted, lam = {lam:g}:         val {val_loss(converted, val_data, fcfg):.3f}")
 
 demo = {}
-for name, warmup in [("gradual", 150), ("abrupt", 0)]:
+for name, warmup in [("gradual", 100), ("abrupt", 0)]:
     demo[name] = finetune(to_bitnet(gpt), train_data, val_data, fcfg, warmup, "cpu", progress=False)
     h = demo[name]["history"]
     print(f"{name:8} (warmup {warmup:>3}): val {h['val'][0]:.3f} at the start -> {h['val'][-1]:.3f}", end="")
@@ -272,17 +272,17 @@ for name, color in [("gradual", "C0"), ("abrupt", "C3")]:
 for a in (ax, ax_lam):
     a.axvline(s1, color="0.6", linestyle=":")
     a.grid(alpha=0.3)
-ax_lam.set(ylabel=r"$\lambda$", title="Convert at step 800, then fine-tune (CPU, one seed)")
+ax_lam.set(ylabel=r"$\lambda$", title="Convert at step 500, then fine-tune (CPU, one seed)")
 ax.set(xlabel="step", ylabel="val loss (nats per character)", ylim=(2.0, 2.8))
 ax.legend()
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The abrupt copy starts from the jump and spends its first hundred steps
+# The abrupt copy starts from the jump and spends its first steps
 # climbing back; the gradual one never leaves the neighbourhood of babyGPT's
 # loss: it rises a little while $\lambda$ grows and comes down once it is 1.
-# After 300 steps the two are close. One seed and 300 steps show the
+# After 200 steps the two are close. One seed and 200 steps show the
 # mechanism, not which one ends better. That needs longer runs and more seeds.
 #
 # ### The full experiment, three seeds

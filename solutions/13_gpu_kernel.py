@@ -554,9 +554,15 @@ for row in bench["rows"]:
 #
 # **Generating text.** With the KV cache of `GPT.generate` each new token
 # is one row through the model, so every packed layer is this batch-1 GEMV.
-# `python -m babybitnet bench generate` times greedy generation at nanoGPT's
-# size on the H100 (random weights: speed does not depend on them), batch 1,
-# the same prompt for the three models:
+# A decode step of a small model is a few hundred tiny kernels; launched one
+# by one from Python the GPU mostly waits for the next launch. So on a GPU,
+# `GPT.generate` runs `babybitnet.decode`: a static KV cache (preallocated for
+# all `block_size` positions, the position of the next token kept on the GPU)
+# and the whole step recorded once as a **CUDA graph** and replayed with one
+# launch per token. `python -m babybitnet bench generate --device cuda` times
+# greedy generation, batch 1, the same prompt for the three models, all
+# through that same graph-captured step (random weights: speed does not
+# depend on them), on one H200, at nanoGPT's size:
 
 # %%
 from babybitnet.course import show_markdown
@@ -565,18 +571,43 @@ from babybitnet.experiments.bench import generate_table
 show_markdown(generate_table(measured("bench_generate")))
 
 # %% [markdown]
-# The packed babyBitNet is faster than the unpacked one (which quantizes its
-# weights and activations with several torch kernels in every call), but at
-# about 0.3x babyGPT's tokens per second. At this size a weight matrix is
-# 384 wide, 37 to 147 KB packed: the GEMV takes a few microseconds either
-# way, and a token takes dozens of kernel launches, each costing more on
-# the CPU side (a Triton launch from Python more than a cuBLAS one) than on
-# the GPU. The packed layer is two launches (quantizer and GEMV) where
-# babyGPT's `nn.Linear` is one. The kernel's gains need wide layers (the
-# table above starts at 2,560) and a decode step captured in a CUDA graph.
-# The packed and unpacked models may pick different tokens: with random
+# and at the width and depth of BitNet b1.58 2B4T (2,560 wide, 30 layers,
+# 2.4 billion parameters; `--preset 2b4t_size`):
+
+# %%
+show_markdown(generate_table(measured("bench_generate_2b4t_size")))
+
+# %% [markdown]
+# The packed babyBitNet is much faster than the unpacked one (which
+# quantizes all its weights in every step), but still slower than babyGPT at
+# nanoGPT's size and only about as fast at 2B4T's. At batch 1 every layer's matmul is short: the
+# packed layer (quantizer kernel + dp4a GEMV) takes 7.5 to 11.7 µs at 2B4T's
+# shapes against 7.0 to 18.3 µs for cuBLAS bf16 (`bench kernel`, same H200,
+# `babybitnet/results/bench_kernel_h200.json`): 0.9x to 1.7x, not the 8x that
+# 2-bit weights promise. And the step has more than matmuls: norms, residual
+# adds, the attention over the cache, the activation, each a kernel of a few
+# microseconds, the same for both models. `--compile` fuses those with
+# `torch.compile` (the packed layers stay one opaque operator each): it helps
+# babyGPT more than the packed model, because babyGPT's matmuls are cuBLAS
+# calls that compile can also schedule around:
+
+# %%
+show_markdown(generate_table(measured("bench_generate_compile")))
+show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
+
+# %% [markdown]
+# So to make ternary weights pay end to end at batch 1, the kernel must get
+# much closer to the memory bandwidth (it reads its weights at a third of
+# the H200's 4.8 TB/s) and the rest of the step must shrink with it. The
+# packed and unpacked models may pick different tokens in bf16: with random
 # weights the logits are nearly tied, and the kernel rounds the rescale in a
-# different order.
+# different order (in float32 they agree: `tests/test_decode.py`).
+#
+# One more attempt is in the package: `babybitnet.kernels.triton_bitlinear`
+# quantizes the activations inside the GEMV (every program redoes it for its
+# rows), one launch per layer instead of two. It wins only for short rows
+# (7.4 vs 7.5 µs at 2,560 x 2,560) and loses for long ones (20.3 vs 15.1 µs at
+# 8,192 x 8,192), so `PackedBitLinear` uses it for K <= 2,048 at decode.
 #
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and

@@ -21,7 +21,7 @@ from babybitnet.course.check import ResultCollector
 from babybitnet.course.grading import LESSONS_DIR_ENV
 
 EXERCISES = Path(__file__).resolve().parent / "exercises"
-N_LESSONS = 15
+N_LESSONS = 16
 
 # No deadline and no too-slow check: a first torch call, or a busy shared CPU, is slow. Derandomized:
 # the same examples every run, so `check` gives the same verdict twice and CI does not flake.

@@ -420,3 +420,21 @@ def test_ctrl_c_in_train_keeps_the_last_evaluated_model(tmp_path, monkeypatch, c
     assert meta["interrupted_at_step"] == 5
     err = capsys.readouterr().err
     assert "interrupted; kept the model of step 5" in err and "Traceback" not in err
+
+
+def test_prepare_then_train_from_disk(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 200)
+    assert main(["prepare", str(corpus), "--out", str(tmp_path / "ds")]) == 0
+    assert "char tokenizer" in capsys.readouterr().out
+    out = tmp_path / "m.pt"
+    argv = ["train", "--model", "gpt", "--preset", "quick", "--iters", "3", "--eval-iters", "1", "--quiet"]
+    assert main([*argv, "--data", str(tmp_path / "ds"), "--out", str(out)]) == 0
+    summary = json.loads(out.with_name(out.name + ".json").read_text())
+    assert summary["data"]["data"] == str(tmp_path / "ds") and summary["data"]["corpus"]["files"] == 1
+    with pytest.raises(SystemExit) as e:  # --text and --data are one or the other
+        main([*argv, "--data", str(tmp_path / "ds"), "--text", str(corpus), "--out", str(out)])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["prepare", str(corpus), "--tokenizer", "bpe", "--out", str(tmp_path / "x")])  # no --vocab-size
+    assert "needs --vocab-size" in capsys.readouterr().err

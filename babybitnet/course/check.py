@@ -67,6 +67,7 @@ from babybitnet.course.lessons import (
     repo_root,
     resolve_lessons_dir,
 )
+from babybitnet.files import write_text
 
 TIMEOUT_ENV = "BABYBITNET_CHECK_TIMEOUT"
 DEFAULT_TIMEOUT_S = 20.0
@@ -145,7 +146,7 @@ class ResultCollector:
     def pytest_sessionfinish(self, session: Any) -> None:
         if self.json_path:
             data = {"results": [asdict(r) for r in self.results.values()], "collect_errors": self.collect_errors}
-            Path(self.json_path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+            write_text(self.json_path, json.dumps(data, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------

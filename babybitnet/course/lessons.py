@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from babybitnet.files import write_text
+
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 LINE_LENGTH = 120  # ruff's line length (pyproject.toml): stubs must stay `ruff format`-clean
@@ -286,7 +288,7 @@ def sync_lessons(solutions_dir: str | Path, lessons_dir: str | Path, write: bool
             problems.append(SyncProblem(dst, "missing" if have is None else "stale"))
             if write:
                 lessons_dir.mkdir(parents=True, exist_ok=True)
-                dst.write_text(want, encoding="utf-8")
+                write_text(dst, want)  # atomic: an interrupted `make lessons` never leaves half a lesson
     known = {p.name for p in lesson_files(solutions_dir)}
     problems += [SyncProblem(p, "orphan") for p in lesson_files(lessons_dir) if p.name not in known]
     return problems

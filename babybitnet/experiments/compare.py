@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from babybitnet.data import load_dataset
 from babybitnet.experiments.study import NAMES, loss_plot, ran_on, run_record, write_results
+from babybitnet.prepare import data_record, load_corpus
 from babybitnet.presets import MODELS, build_model
 from babybitnet.runtime import resolve_device
 from babybitnet.train import train
@@ -54,18 +54,20 @@ def compare(
     compile: bool | None = None,
     eval_iters: int | None = None,
     eval_interval: int | None = None,
+    data: str | Path | None = None,
 ) -> dict:
     """Train both models under ``preset``; write results.json, table.md, loss_curves.png into ``out``.
 
     ``dtype="bfloat16"`` and ``compile=True`` (GPUs) replace the preset's float32 without compile;
     ``eval_iters`` and ``eval_interval`` the preset's evaluation settings (None keeps them).
+    ``data``: a dataset written by ``prepare`` (read from disk) instead of the text ``text``.
     """
     dev = resolve_device(device)
-    tok, train_data, val_data = load_dataset(text)
+    tok, train_data, val_data = load_corpus(text, data)
     results: dict = {
         "preset": preset,
         **ran_on(dev),
-        "data": str(text or "tinyshakespeare"),
+        "data": data_record(text, data),
         "models": {},
     }
     for model_name in MODELS:

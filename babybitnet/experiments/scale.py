@@ -58,7 +58,7 @@ BLOCK_SIZE = 256  # nanoGPT's context for Shakespeare: every size sees windows o
 BATCH_SIZE = 64
 
 # Roughly x4 parameters from one size to the next. Parameter counts (Tiny Shakespeare's 65 characters,
-# block 256, the recipe's biases; counted with GPT.num_params, checked in tests/test_scale.py):
+# block 256, the recipe's biases; counted with GPT.num_params, checked in tests/experiments/test_scale.py):
 #   name     babyGPT      babyBitNet
 #   0.2M       223,489       221,953   the seed's model (4 layers x 4 heads x 64)
 #   0.8M       840,129       837,057

@@ -4,13 +4,20 @@
   ``solutions/NN_slug.py`` (complete, so no exercise stub raises). mkdocs-jupyter executes it
   (once per content change: its cache is .cache/mkdocs-jupyter) and renders its outputs.
   Only files named in the nav are built, so a half-written lesson in solutions/ stays off the site.
-- Each exercise cell gets a visible box: "Exercise N.M: write f()" and the command that checks it.
-- Each lesson page links to both downloads: the learner's version (lessons/, with stubs) and the
-  solution shown on the page.
-- The landing page (docs/index.md) is README.md, with its paths made relative to docs/.
+- Each exercise cell gets a visible box: "Exercise N.M: write f()" and the command that checks it; the
+  cell itself, the solution, is folded in a ``<details>`` block below it, shown only when clicked.
+- Each lesson page links first to the learner's version (lessons/, with stubs), and in small print at the
+  end of that box to the solution shown on the page.
+- Nothing of the machine that built the site reaches a page: the notebooks run with ``TQDM_DISABLE=1``
+  (tqdm's own switch: no progress bars), and output written to stderr (warnings, progress bars, paths of
+  the build machine's packages) is left out of the page; the build log names each one it leaves out.
+- The landing page (docs/index.md) is README.md with its course first: the introduction, "## The course"
+  (what you build, the lessons, how to begin), then the other sections (results and all) in README order;
+  its paths are made relative to docs/.
 - MathJax and mermaid.js from a CDN, which nbconvert's template adds to every notebook, are removed: KaTeX,
   vendored in docs/assets/katex, typesets the math of every page (docs/assets/math.js).
-- The build records which lessons it executed, with their content hash and seconds, in
+- The build records which lessons it executed, with their content hash, wall seconds and CPU seconds
+  (the kernel process's user + system time: load on the machine does not change it), in
   .cache/executed-lessons.json; tests/test_course.py then does not execute them a second time.
 """
 
@@ -20,7 +27,10 @@ import ast
 import hashlib
 import html
 import json
+import logging
+import os
 import re
+import resource
 import shutil
 import sys
 import time
@@ -39,6 +49,12 @@ LESSON_ENTRY = re.compile(r"^lessons/(\d\d)_[A-Za-z0-9_]+\.py$")
 _MATHJAX = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL)
 _MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?</script>', re.DOTALL)
 _EXERCISE_CELL = re.compile(r'<div class="jp-Cell jp-CodeCell [^"]*\bcelltag_exercise\b[^"]*">')
+_DIV_TAG = re.compile(r"<div[\s>]|</div>")
+_STDERR = re.compile(
+    r'<div class="[^"]*\bjp-OutputArea-output\b[^"]*" data-mime-type="application/vnd\.jupyter\.stderr"'
+)
+_OUTPUT_CHILD = '<div class="jp-OutputArea-child'
+log = logging.getLogger("mkdocs.hooks.course_site")
 
 _executed: dict[str, dict] = {}
 
@@ -93,18 +109,34 @@ def read_json(path: Path) -> dict:
 # Build events
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def on_config(config):
     """Time every notebook mkdocs-jupyter executes (a cache hit executes nothing)."""
     from mkdocs_jupyter import convert
 
+    # The kernels inherit this process's environment: tqdm reads TQDM_DISABLE as the default of `disable`.
+    os.environ["TQDM_DISABLE"] = "1"
     original = getattr(convert.nb2html, "__wrapped__", convert.nb2html)
 
     def timed_nb2html(nb_path, *args, **kwargs):
-        start = time.perf_counter()
+        # The notebook runs in a kernel, a child process that nbclient shuts down and waits for before
+        # nb2html returns: the growth of RUSAGE_CHILDREN is that kernel's CPU time (and that of any process
+        # it waited for). Wall time also counts the waiting for the cores of a busy machine; CPU time does not.
+        cpu, start = _children_cpu_seconds(), time.perf_counter()
         out = original(nb_path, *args, **kwargs)
         if kwargs.get("execute"):
             path = Path(nb_path)
-            _executed[path.name] = {"sha256": sha256(path), "seconds": round(time.perf_counter() - start, 1)}
+            cpu = _children_cpu_seconds() - cpu
+            _executed[path.name] = {
+                "sha256": sha256(path),
+                "seconds": round(time.perf_counter() - start, 1),
+                # A kernel not yet waited for counts nothing: no record then (a test runs the lesson itself).
+                "cpu_seconds": round(cpu, 1) if cpu > 0 else None,
+            }
         return out
 
     timed_nb2html.__wrapped__ = original
@@ -127,10 +159,20 @@ def on_files(files, config):
     return files
 
 
+def course_first(readme: str) -> str:
+    """README.md with its "## The course" section moved up, right after the introduction."""
+    parts = re.split(r"(?m)^(?=## )", readme)
+    intro, sections = parts[0], parts[1:]
+    course = [s for s in sections if s.startswith("## The course\n")]
+    if len(course) != 1:
+        raise mkdocs.exceptions.PluginError("README.md needs one '## The course' section for the landing page")
+    return intro + course[0] + "".join(s for s in sections if s is not course[0])
+
+
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri != "index.md":
         return markdown
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = course_first((ROOT / "README.md").read_text(encoding="utf-8"))
     readme = readme.replace("](docs/", "](")  # README's paths are relative to the repository
     for entry in nav_lessons(config["nav"]):
         stem = Path(entry).stem
@@ -144,17 +186,59 @@ def on_page_content(content, page, config, files):
     content = _MERMAID.sub("", _MATHJAX.sub("", content))  # both would load from a CDN
     source = ROOT / "solutions" / Path(page.file.src_uri).name
     n = int(source.name[:2])
-    boxes = iter(exercise_boxes(source, n))
-    content = _EXERCISE_CELL.sub(lambda m: next(boxes, "") + m.group(0), content)
+    content = drop_stderr_outputs(content, page.file.src_uri)
+    content = fold_solutions(content, exercise_boxes(source, n), page.file.src_uri)
     intro = (
         '<div class="admonition info lesson-downloads"><p class="admonition-title">'
-        "This is the completed lesson, run top to bottom</p>"
-        f"<p>Work through it yourself in Jupyter: <code>lessons/{source.name}</code> in the repository "
-        f'(or <a href="{source.stem}.exercises.py" download="{source.name}">download the lesson with its '
-        f"exercises</a>), then check your answers with <code>python -m babybitnet check {n}</code>. "
-        f'<a href="{source.name}" download>Download this solution</a>.</p></div>\n'
+        "Work through this lesson yourself</p>"
+        f'<p><a href="{source.stem}.exercises.py" download="{source.name}"><strong>Download the lesson with its '
+        f"exercises</strong></a> (or open <code>lessons/{source.name}</code> of the repository with "
+        f"<code>make lab</code>), write each exercise, and check your answers with "
+        f"<code>python -m babybitnet check {n}</code>. This page is the completed lesson, run top to bottom; "
+        "each exercise's solution stays folded until you click <em>Show the solution</em>.</p>"
+        f'<p class="solution-download"><a href="{source.name}" download>the completed file</a></p></div>\n'
     )
     return intro + content
+
+
+def _div_end(html_text: str, start: int) -> int:
+    """The index just past the ``</div>`` that closes the ``<div`` opening at ``start``.
+
+    Counting tags is safe here: nbconvert escapes every ``<`` of code and text it renders.
+    """
+    depth = 0
+    for m in _DIV_TAG.finditer(html_text, start):
+        depth += -1 if m.group(0) == "</div>" else 1
+        if depth == 0:
+            return m.end()
+    raise mkdocs.exceptions.PluginError(f"unbalanced <div> in a rendered notebook, from offset {start}")
+
+
+def drop_stderr_outputs(content: str, where: str) -> str:
+    """Leave out every output a cell wrote to stderr: warnings and progress bars, with the build machine's paths."""
+    while m := _STDERR.search(content):  # (the page's CSS names this mime type too, in a selector)
+        start = content.rfind(_OUTPUT_CHILD, 0, m.start())
+        if start < 0:
+            raise mkdocs.exceptions.PluginError(f"{where}: a stderr output outside an output area")
+        end = _div_end(content, start)
+        text = html.unescape(re.sub(r"<[^>]+>", "", content[start:end])).strip()
+        log.info(f"{where}: left out what a cell wrote to stderr: {text.splitlines()[0][:200] if text else ''}")
+        content = content[:start] + content[end:]
+    return content
+
+
+def fold_solutions(content: str, boxes: list[str], where: str) -> str:
+    """Each exercise's box, then its cell (the solution) folded in a click-to-reveal ``<details>`` block."""
+    cells = list(_EXERCISE_CELL.finditer(content))
+    if len(cells) != len(boxes):
+        raise mkdocs.exceptions.PluginError(f"{where}: {len(boxes)} exercises, {len(cells)} exercise cells rendered")
+    out, last = [], 0
+    for m, box in zip(cells, boxes, strict=True):
+        end = _div_end(content, m.start())
+        out += [content[last : m.start()], box, '<details class="solution"><summary>Show the solution</summary>\n']
+        out += [content[m.start() : end], "</details>\n"]
+        last = end
+    return "".join(out) + content[last:]
 
 
 def exercise_boxes(source: Path, n: int) -> list[str]:
@@ -170,7 +254,7 @@ def exercise_boxes(source: Path, n: int) -> list[str]:
             f'<div class="admonition exercise" id="exercise-{cell.exercise_id}"><p class="admonition-title">'
             f"Exercise {cell.exercise_id}{what}</p><p>In <code>lessons/{source.name}</code> this cell stops with "
             f"<code>NotImplementedError</code> until you write it. Check it with "
-            f"<code>python -m babybitnet check {n}</code>. Below: the solution.</p></div>\n"
+            f"<code>python -m babybitnet check {n}</code>. Try it before you open the solution below.</p></div>\n"
         )
     return boxes
 

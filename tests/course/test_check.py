@@ -22,7 +22,7 @@ import pytest
 from babybitnet.course import check, lessons
 from babybitnet.course.lessons import parse_cells
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def broken_copy(tmp_path: Path, name: str, inside: dict[int, list[str]], after: dict[int, list[str]] | None = None):
