@@ -115,7 +115,10 @@ class PackedBitLinear(nn.Module):
             y = packed_linear(x, self.packed, self.scale, self.in_features)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
-            y = int_linear(x, self.ternary_weight(), self.scale, self.act_bits)
+            # (no value checks here: they would wait for the GPU every call; the file's checksum and
+            # ternary_weight() check the bytes)
+            w_t = unpack(self.packed, self.shape[-1], self.fmt, check=False)
+            y = int_linear(x, w_t.reshape(self.out_features, self.in_features), self.scale, self.act_bits)
         return y if self.bias is None else y + self.bias
 
     def _gpu_linear(self, x: torch.Tensor) -> torch.Tensor:

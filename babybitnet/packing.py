@@ -165,18 +165,21 @@ def pack_2bit(w: torch.Tensor) -> torch.Tensor:
     return (codes << shifts).sum(dim=-1, dtype=torch.int16).to(torch.uint8)
 
 
-def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
+def unpack_2bit(packed: torch.Tensor, n: int, check: bool = True) -> torch.Tensor:
     """Inverse of :func:`pack_2bit`: uint8 (*, ceil(n / 4)) -> int8 (*, n) in {-1, 0, 1}.
 
     Raises ValueError if a 2-bit field holds 0b11 (no weight has that code: the
     data is corrupt or was not made by ``pack_2bit``), or if a padding field after
-    weight ``n`` is not a zero weight (see :func:`_check_padding`).
+    weight ``n`` is not a zero weight (see :func:`_check_padding`). ``check=False`` skips these
+    checks of the values (not of the shapes): for data checked before, where a check would wait for
+    the GPU (it cannot be captured in a CUDA graph).
     """
     _check_packed(packed, n, 4)
-    shifts = torch.tensor(_SHIFTS_2BIT, dtype=torch.uint8, device=packed.device)
+    # made on the device (arange), not copied from the host: a CUDA graph can capture it
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=packed.device)  # _SHIFTS_2BIT
     codes = (packed.unsqueeze(-1) >> shifts) & 0b11  # (*, bytes, 4)
     invalid = codes == 0b11
-    if bool(invalid.any()):
+    if check and bool(invalid.any()):
         byte = int(invalid.any(dim=-1).flatten().nonzero()[0])
         raise ValueError(
             f"invalid 2-bit packed data: {int(invalid.sum())} fields hold code 0b11, which no ternary weight has "
@@ -184,7 +187,8 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
             f"the data is corrupt or was not written by pack_2bit"
         )
     codes = codes.reshape(*packed.shape[:-1], 4 * packed.shape[-1])
-    _check_padding(codes[..., n:], n, "2bit")
+    if check:
+        _check_padding(codes[..., n:], n, "2bit")
     return codes[..., :n].to(torch.int8) - 1  # drop the padding
 
 
@@ -202,25 +206,27 @@ def pack_base3(w: torch.Tensor) -> torch.Tensor:
     return (trits * powers).sum(dim=-1, dtype=torch.int16).to(torch.uint8)
 
 
-def unpack_base3(packed: torch.Tensor, n: int) -> torch.Tensor:
+def unpack_base3(packed: torch.Tensor, n: int, check: bool = True) -> torch.Tensor:
     """Inverse of :func:`pack_base3`: uint8 (*, ceil(n / 5)) -> int8 (*, n) in {-1, 0, 1}.
 
     Raises ValueError if a byte is above 242 (five trits never exceed 3**5 - 1), or if
-    a padding trit after weight ``n`` is not a zero weight (see :func:`_check_padding`).
+    a padding trit after weight ``n`` is not a zero weight (see :func:`_check_padding`);
+    ``check=False`` skips these value checks (see :func:`unpack_2bit`).
     """
     _check_packed(packed, n, 5)
     invalid = packed > MAX_BASE3_BYTE
-    if bool(invalid.any()):
+    if check and bool(invalid.any()):
         first = int(invalid.flatten().nonzero()[0])
         raise ValueError(
             f"invalid base-3 packed data: {int(invalid.sum())} bytes are above {MAX_BASE3_BYTE} (first "
             f"{packed.flatten()[first].item()} at index {_index_of(first, packed.shape)}); the data is corrupt "
             f"or was not written by pack_base3"
         )
-    powers = torch.tensor(_POWERS_3, dtype=torch.int16, device=packed.device)
+    powers = 3 ** torch.arange(5, dtype=torch.int16, device=packed.device)  # _POWERS_3, made on the device
     trits = packed.to(torch.int16).unsqueeze(-1) // powers % 3  # (*, bytes, 5): digit k of each byte
     trits = trits.reshape(*packed.shape[:-1], 5 * packed.shape[-1])
-    _check_padding(trits[..., n:], n, "base3")
+    if check:
+        _check_padding(trits[..., n:], n, "base3")
     return trits[..., :n].to(torch.int8) - 1
 
 
@@ -241,9 +247,9 @@ def pack(w: torch.Tensor, fmt: str = "2bit") -> torch.Tensor:
     return PACK[check_format(fmt)](w)
 
 
-def unpack(packed: torch.Tensor, n: int, fmt: str = "2bit") -> torch.Tensor:
+def unpack(packed: torch.Tensor, n: int, fmt: str = "2bit", check: bool = True) -> torch.Tensor:
     """Unpack ``packed`` (*, bytes) written by :func:`pack` in format ``fmt`` into int8 (*, n)."""
-    return UNPACK[check_format(fmt)](packed, n)
+    return UNPACK[check_format(fmt)](packed, n, check)
 
 
 def packed_shape(shape: tuple[int, ...] | torch.Size, fmt: str = "2bit") -> tuple[int, ...]:
