@@ -70,12 +70,19 @@ def compare(
         "data": data_record(text, data),
         "models": {},
     }
-    for model_name in MODELS:
-        model, tcfg = build_model(
-            preset, model_name, tok.vocab_size, max_iters=iters, seed=seed, dtype=dtype, compile=compile,
-            eval_iters=eval_iters, eval_interval=eval_interval,
-        )  # fmt: skip
-        r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
-        results["models"][model_name] = run_record(r, model, tcfg)
+    try:
+        for model_name in MODELS:
+            model, tcfg = build_model(
+                preset, model_name, tok.vocab_size, max_iters=iters, seed=seed, dtype=dtype, compile=compile,
+                eval_iters=eval_iters, eval_interval=eval_interval,
+            )  # fmt: skip
+            r = train(model, train_data, val_data, tcfg, dev, progress=progress, desc=NAMES[model_name])
+            results["models"][model_name] = run_record(r, model, tcfg)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the runs that finished (a table of one model), then stop
+        if results["models"]:
+            results["interrupted"] = True
+            write_results(out, results, markdown_table(results), {"loss_curves.png": plot_curves})
+        raise
     write_results(out, results, markdown_table(results), {"loss_curves.png": plot_curves})
     return results
