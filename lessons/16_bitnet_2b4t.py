@@ -234,3 +234,21 @@ for name, overrides in [
 # few percent (transformers' online path sums non-integer floats, ours integers, and the
 # rounding now and then moves an 8-bit activation by one level); the greedy tokens are the
 # same in both, and stay the same once packed and saved in our format.
+
+# %% [markdown]
+# ## What we have
+#
+# - **RoPE** rotates each pair of query and key features by an angle that grows with the
+#   position, so $q \cdot k$ depends only on how far apart two tokens are.
+# - **SubLN** normalises the input of the two BitLinears that had none (the attention's
+#   output projection and the feed-forward's down projection), so every ternary layer sees
+#   activations of a steady scale.
+# - **Gated ReLU²** and **grouped-query attention** change the feed-forward and shrink the KV
+#   cache; all four are switches of `GPTConfig` (`pos`, `subln`, `ffn`, `n_kv_head`).
+#
+# The reference is `babybitnet/attention.py` (`rope`), `babybitnet/gpt.py` (`GatedMLP`) and
+# `babybitnet/hf.py`. Check your exercises with:
+#
+# ```
+# python -m babybitnet check 16
+# ```

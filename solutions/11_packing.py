@@ -573,7 +573,7 @@ damaged.write_bytes(bytes(data))
 try:
     load_packed(damaged)
 except ValueError as e:
-    print("load_packed refused it:", e)
+    print("load_packed refused it:", str(e).replace(f"{tmp}/", ""))  # the message names the file; drop the temp folder
 
 # %% [markdown]
 # ### From the command line

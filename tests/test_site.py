@@ -242,7 +242,7 @@ return {
   errorOutputs: document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
     .length,
   widgets: document.querySelectorAll('[data-mime-type*="jupyter.widget"]').length,
-  outputText: Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(o => o.textContent).join('\n'),
+  outputText: Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(o => o.textContent).join('\\n'),
   text: document.body.innerText,
   contentWidth: document.querySelector('.md-content').getBoundingClientRect().width,
   height: Math.max(document.body.scrollHeight, document.documentElement.scrollHeight),
