@@ -97,6 +97,25 @@ print(
 )
 
 # %% [markdown]
+# The same in a picture: the score of one query and one key, rotated to positions $m$ and
+# $n$, against the offset $m - n$, for three absolute positions of the query. The curves lie
+# on top of each other: RoPE sees how far apart two tokens are, not where they are.
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(8, 3.2))
+offsets = list(range(0, 31))
+for m0, style in [(30, "-"), (130, "--"), (530, ":")]:
+    scores = [float(package_rope(q, torch.tensor([m0])) @ package_rope(k, torch.tensor([m0 - d])).T) for d in offsets]
+    ax.plot(offsets, scores, style, label=f"query at position {m0}")
+ax.set(xlabel="offset m - n (tokens)", ylabel="rotated q . k", title="RoPE: the score depends on the offset only")
+ax.grid(alpha=0.3)
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
 # In the model, `CausalSelfAttention` rotates q and k after the projection and before the
 # attention; with a KV cache, the new tokens' positions start at the cache's length, and
 # the cache stores the keys already rotated. There is no position table any more

@@ -48,6 +48,15 @@ STAGING = CACHE / "site-lessons"
 LESSON_ENTRY = re.compile(r"^lessons/(\d\d)_[A-Za-z0-9_]+\.py$")
 _MATHJAX = re.compile(r"\s*<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL)
 _MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?jp-Mermaid.*?</script>', re.DOTALL)
+# Jupyter widgets (tqdm's notebook progress bars): their outputs, their saved state, and the loader that would
+# fetch a renderer from a CDN. The site shows no progress bars.
+_WIDGET_OUTPUT = re.compile(
+    r'<div class="jp-OutputArea-child">\s*<div class="jp-OutputPrompt jp-OutputArea-prompt"></div>\s*'
+    r'<div class="jupyter-widgets jp-OutputArea-output"[^>]*>.*?</script>\s*</div>\s*</div>',
+    re.DOTALL,
+)
+_WIDGET_STATE = re.compile(r'<script type="application/vnd\.jupyter\.widget-state\+json">.*?</script>', re.DOTALL)
+_WIDGET_LOADER = re.compile(r"<script>\s*\(function\(\) \{\s*function addWidgetsRenderer\(\).*?</script>", re.DOTALL)
 _EXERCISE_CELL = re.compile(r'<div class="jp-Cell jp-CodeCell [^"]*\bcelltag_exercise\b[^"]*">')
 _DIV_TAG = re.compile(r"<div[\s>]|</div>")
 _STDERR = re.compile(
@@ -184,6 +193,7 @@ def on_page_content(content, page, config, files):
     if not LESSON_ENTRY.match(page.file.src_uri):
         return content
     content = _MERMAID.sub("", _MATHJAX.sub("", content))  # both would load from a CDN
+    content = _WIDGET_LOADER.sub("", _WIDGET_STATE.sub("", _WIDGET_OUTPUT.sub("", content)))
     source = ROOT / "solutions" / Path(page.file.src_uri).name
     n = int(source.name[:2])
     content = drop_stderr_outputs(content, page.file.src_uri)
