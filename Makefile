@@ -45,9 +45,10 @@ format: install
 	$(PY) -m ruff format .
 
 # The learner's way in: JupyterLab on lessons/, each lesson opening as a notebook (jupytext). The setting lives in
-# this virtualenv (.venv/share/jupyter/lab/settings/overrides.json), not in your own Jupyter settings.
+# this virtualenv (.venv/share/jupyter/lab/settings/overrides.json), not in your own Jupyter settings. As root
+# (a container) Jupyter refuses to start without --allow-root, so it is added there.
 lab: install
-	$(PY) -m jupyter lab --notebook-dir=lessons
+	$(PY) -m jupyter lab --notebook-dir=lessons $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Course authors: regenerate the learner's lessons/ from solutions/ (make test fails while they differ).
 lessons: install

@@ -149,8 +149,11 @@ def check_output_file(path: str | Path, flag: str, kind: str) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, flag: str, writes: tuple[str, ...]) -> Path:
-    """Raise unless ``path`` is (or can become) a folder we may write ``writes`` into."""
+def check_output_dir(path: str | Path, flag: str, writes: tuple[str, ...], resume: bool = False) -> Path:
+    """Raise unless ``path`` is (or can become) a folder we may write ``writes`` into.
+
+    ``resume``: the command carries on the study there (``--resume``), so its earlier files are kept.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path} is a file; give a folder (this command writes {', '.join(writes)})")
@@ -159,7 +162,9 @@ def check_output_dir(path: str | Path, flag: str, writes: tuple[str, ...]) -> Pa
             raise IsADirectoryError(f"{flag} {path}: {path / name} is a folder, where this command writes a file")
     check_writable(path, flag)
     earlier = [name for name in writes if (path / name).is_file()]
-    if earlier:  # not an error: rerunning a study into its folder is normal, but say what goes
+    if earlier and resume:
+        print(f"note: {path} holds an earlier {', '.join(earlier)}; --resume keeps its finished runs", file=sys.stderr)
+    elif earlier:  # not an error: rerunning a study into its folder is normal, but say what goes
         print(f"note: {path} holds an earlier {', '.join(earlier)}; this run replaces them", file=sys.stderr)
     return path
 
@@ -408,9 +413,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta["processes"] = r["processes"]
     meta["data"] = data_record(args.text, args.data)
     meta.update({k: r[k] for k in ("final_val", "best_val", "final_train", "iters", "ms_per_step")})
+    meta["ms_per_step_steady"] = r["ms_per_step_steady"]
     path = save_checkpoint(out, model, tok, meta)
     write_json(summary_path(path), {**meta, "params": r["params"], "history": r["history"]})
-    print(f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f})")
+    steady = "" if r["ms_per_step_steady"] is None else f", {r['ms_per_step_steady']:.1f} ms per step"
+    print(
+        f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f}){steady}"
+    )
     print(f"wrote {path} and {summary_path(path)}")
     runtime.cleanup_distributed()
     return 0
@@ -521,17 +530,40 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_json_out(p, "runs/bench_matmul.json")
 
     # CUDA only (the Triton kernels), so no --device
-    p = _command(what, "kernel", cmd_bench_kernel, "the Triton 2-bit GEMV vs torch bf16/fp16 on a CUDA GPU, in one run")
+    p = _command(
+        what,
+        "kernel",
+        cmd_bench_kernel,
+        "the packed layer (tuned per shape) vs cuBLAS bf16 / int8 on a CUDA GPU, batch 1 to 256, in one run",
+    )
     p.add_argument(
+        "--shapes",
         "--sizes",
+        dest="sizes",
         type=weight_shape,
         nargs="+",
         default=None,
-        help="weight shapes NxK (N outputs, K inputs), e.g. 8192x8192 (default: 2560x2560 to 20480x3200, 5 shapes)",
+        help="weight shapes NxK (N outputs, K inputs), e.g. 8192x8192 (default: 2560x2560 to 28672x8192, 5 shapes; "
+        "with --variants: lesson 13's)",
     )
-    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8], help="tokens M")
-    _add_repeats(p, 30, "timed graph replays per contender")
+    p.add_argument(
+        "--batches",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="tokens M (default: 1 8 32 128 256; --variants: 1 8)",
+    )
+    _add_repeats(p, 20, "timed graph replays per contender")
     _add_json_out(p, "runs/bench_kernel.json")
+    p.add_argument(
+        "--peers", action="store_true", help="also time gemlite's ternary layers (if `import gemlite` works)"
+    )
+    p.add_argument("--retune", action="store_true", help="forget the stored kernel choices and tune every shape again")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="lesson 13's study instead: every Triton kernel on its own, each trying every tile config",
+    )
     p.add_argument(
         "--once",
         action="store_true",
@@ -607,19 +639,27 @@ def cmd_bench_matmul(args: argparse.Namespace) -> int:
 def cmd_bench_kernel(args: argparse.Namespace) -> int:
     import inspect
 
-    from babybitnet.experiments.bench_kernels import bench_kernel, kernel_table, run_once
+    from babybitnet.experiments.bench_kernels import bench_kernel, bench_kernel_variants, kernel_table, run_once
 
     if not args.once:
         check_results_file(args.out)
-    # no --sizes: bench_kernel's own default shapes (one list, there)
-    sizes = tuple(args.sizes or inspect.signature(bench_kernel).parameters["sizes"].default)
-    (n, k), m = sizes[0], args.batches[0]
+    bench = bench_kernel_variants if args.variants or args.once else bench_kernel
+    # no --sizes / --batches: the benchmark's own defaults (one list, there)
+    defaults = inspect.signature(bench).parameters
+    sizes = tuple(args.sizes or defaults["sizes"].default)
+    batches = tuple(args.batches or defaults["batches"].default)
+    (n, k), m = sizes[0], batches[0]
     try:
         if args.once:
             labels = run_once(n=n, k=k, m=m)
             print(f"ran {', '.join(labels)} 3 times each at {n}x{k}, M={m}")
             return 0
-        results = bench_kernel(sizes=sizes, batches=tuple(args.batches), repeats=args.repeats)
+        if args.variants:
+            results = bench_kernel_variants(sizes=sizes, batches=batches, repeats=args.repeats)
+        else:
+            results = bench_kernel(
+                sizes=sizes, batches=batches, repeats=args.repeats, peers=args.peers, retune=args.retune
+            )
     except RuntimeError as e:  # no CUDA GPU or no Triton: say so in one line
         raise ValueError(str(e)) from None
     print(kernel_table(results))
@@ -703,8 +743,9 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
     _add_jobs(p, None, "default: one per CPU core")
     _add_iters(p, None)
     _add_eval_interval(p, 250)
-    _add_text(p)
+    _add_text_or_data(p)
     _add_out(p, "runs/ablation", "folder for results.json and table.md")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs in OUT, train only the rest")
     _add_quiet(p)
 
 
@@ -712,8 +753,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from babybitnet.experiments.ablation import ablate, markdown_table
     from babybitnet.runtime import describe
 
-    out = check_output_dir(args.out, "--out", ABLATE_FILES)
-    check_text(args.text)
+    out = check_output_dir(args.out, "--out", ABLATE_FILES, resume=args.resume)
+    check_data(args.text, args.data)
     results = ablate(
         study=args.study,
         seeds=args.seeds,
@@ -722,7 +763,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         eval_interval=args.eval_interval,
         out=out,
         text=args.text,
+        data=args.data,
         progress=not args.quiet,
+        resume=args.resume,
     )
     print(f"\nstudy {args.study!r}, {args.seeds} seeds, {results['jobs']} jobs on {describe(results['machine'])}\n")
     print(markdown_table(results["summary"]))
@@ -740,7 +783,7 @@ def add_ladder(sub: argparse._SubParsersAction) -> None:
     _add_device(p)
     _add_seed(p)
     p.add_argument("--init", choices=INITS, default="torch", help="PyTorch's default init or N(0, 0.02)")
-    _add_text(p)
+    _add_text_or_data(p)
     _add_out(p, "runs/ladder", "folder for ladder.json")
     _add_quiet(p)
 
@@ -750,13 +793,14 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     from babybitnet.runtime import describe
 
     out = check_output_dir(args.out, "--out", ("ladder.json",))
-    check_text(args.text)
+    check_data(args.text, args.data)
     r = ladder(
         iters=args.iters,
         device=args.device,
         seed=args.seed,
         out=out,
         text=args.text,
+        data=args.data,
         init=args.init,
         progress=not args.quiet,
         eval_iters=args.eval_iters,
@@ -806,7 +850,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     )
     _add_eval_iters(p)
     _add_jobs(p, 1, "each seed is 2 tasks")
-    _add_text(p)
+    _add_text_or_data(p)
     _add_out(p, "runs/finetune", "folder for results.json, table.md, val_loss.png (with CHECKPOINT: see there)")
     _add_quiet(p)
 
@@ -822,7 +866,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         check_not_same(out, args.checkpoint, "checkpoint")
         check_output_file(out, "--out", "checkpoint")
         check_output_file(summary_path(out), "--out", "train summary")
-        check_text(args.text)
+        check_data(args.text, args.data)
         r = finetune_checkpoint(
             path=args.checkpoint,
             out=out,
@@ -831,6 +875,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             lr=args.lr,
             device=args.device,
             text=args.text,
+            data=args.data,
             drop_biases=args.drop_biases,
             eval_iters=args.eval_iters,
             seed=args.seeds[0],
@@ -842,7 +887,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
 
     out = check_output_dir(args.out, "--out", FINETUNE_FILES)
-    check_text(args.text)
+    check_data(args.text, args.data)
     r = compare_finetune(
         s1=args.s1,
         s2=args.s2,
@@ -851,6 +896,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         out=out,
         text=args.text,
+        data=args.data,
         progress=not args.quiet,
         eval_iters=args.eval_iters,
         jobs=args.jobs,
@@ -868,7 +914,7 @@ SCALE_FILES = ("results.json", "table.md", "scale.png")
 
 
 def add_scale(sub: argparse._SubParsersAction) -> None:
-    from babybitnet.experiments.scale import SIZES
+    from babybitnet.experiments.scale import BATCH_SIZE, ITERS, OVERFIT_MARGIN, SIZES
 
     p = _command(
         sub,
@@ -876,17 +922,30 @@ def add_scale(sub: argparse._SubParsersAction) -> None:
         cmd_scale,
         "train both models at sizes from 0.2M to 25M parameters: does the gap close as they grow?",
         description="Train babyGPT and babyBitNet (the recipe preset's settings) at every size of "
-        "babybitnet/experiments/scale.py with the same tokens per run (block 256, batch 64, ITERS steps), and "
-        "report each run's best val loss and the gap babyBitNet - babyGPT. Tiny Shakespeare is small enough for "
-        "the large sizes to overfit it: they get dropout and stop early (--patience); --text takes a larger "
-        "corpus. Meant for GPUs (bfloat16 and torch.compile by default there; --jobs N trains N runs at once, "
-        "one GPU each). results.json, table.md and scale.png are rewritten after every run; --resume carries on.",
+        "babybitnet/experiments/scale.py with the same tokens per run (block 256, --batch-size windows, --iters "
+        "steps or --epochs passes over the training split), and report each run's best and final val loss and "
+        "the gap babyBitNet - babyGPT (mean +- std over --seeds). Tiny Shakespeare is small enough for the large "
+        "sizes to overfit it: they get dropout and stop early (--patience). A prepared corpus (--data, from "
+        "`prepare`, e.g. `prepare stdlib --tokenizer bpe --vocab-size 2048`) with --epochs 1 to 2 measures them "
+        f"without that caveat; a run whose final val loss ends over {OVERFIT_MARGIN:g} above its best is flagged "
+        "as overfit. Meant for GPUs (bfloat16 and torch.compile by default there; --jobs N trains N runs at once, "
+        "one GPU each, round-robin). results.json, table.md and scale.png are rewritten after every run; --resume "
+        "carries on.",
     )
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="sizes to train")
     p.add_argument(
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="gpt = babyGPT, bitnet = babyBitNet"
     )
-    _add_iters(p, 2500)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=positive_int, default=None, help=f"training steps per run (default: {ITERS})")
+    budget.add_argument(
+        "--epochs",
+        type=finite_float(0, inclusive=False),
+        default=None,
+        help="the step budget as passes over the training split: iters = ceil(E x train tokens / (batch x 256))",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="windows of 256 tokens per step")
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per size and model, seeds SEED, SEED + 1, ...")
     _add_eval_iters(p, 100)
     p.add_argument(
         "--patience",
@@ -894,9 +953,15 @@ def add_scale(sub: argparse._SubParsersAction) -> None:
         default=4,
         help="stop a run after this many evaluations without a new best (0: off)",
     )
-    _add_text(p)
+    p.add_argument(
+        "--dropout",
+        type=finite_float(0, inclusive=True),
+        default=None,
+        help="dropout for every size, e.g. 0 on a corpus read once or twice (default: each size's own, 0 to 0.2)",
+    )
+    _add_text_or_data(p)
     _add_device(p)
-    _add_jobs(p, 1, "runs at once (CUDA: one GPU each)")
+    _add_jobs(p, 1, "runs at once (CUDA: one GPU each, round-robin)")
     _add_out(p, "runs/scale", "folder for results.json, table.md, scale.png")
     p.add_argument("--resume", action="store_true", help="keep the finished runs in OUT, train only the rest")
     _add_seed(p)
@@ -909,13 +974,18 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from babybitnet.experiments.scale import markdown_table, scale
     from babybitnet.runtime import describe
 
-    out = check_output_dir(args.out, "--out", SCALE_FILES)
-    check_text(args.text)
+    out = check_output_dir(args.out, "--out", SCALE_FILES, resume=args.resume)
+    check_data(args.text, args.data)
     r = scale(
         sizes=args.sizes,
         models=args.models,
         iters=args.iters,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
+        dropout=args.dropout,
         text=args.text,
+        data=args.data,
         device=args.device,
         jobs=args.jobs,
         out=out,
@@ -927,7 +997,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
         patience=args.patience,
         progress=not args.quiet,
     )
-    print(f"\nscale study, {r['tokens_per_run']:,} tokens per run, on {describe(r['machine'])}\n")
+    budget = f"{r['iters']:,} steps, {r['tokens_per_run']:,} tokens ({r['epochs_per_run']:.3g} epochs) per run"
+    print(f"\nscale study, {budget}, {r['seeds']} seed(s), on {describe(r['machine'])}\n")
     print(markdown_table(r))
     print(f"wrote {out / 'results.json'}, table.md and scale.png")
     return 0

@@ -130,6 +130,9 @@ def get_batch(
     else:
         x = data[ix[:, None] + offsets]  # one gather instead of a Python loop over the batch
         y = data[ix[:, None] + offsets + 1]
+    if torch.device(device).type == "cuda":
+        # from pinned memory the copy runs in the background: the CPU goes on queueing work meanwhile
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 

@@ -24,6 +24,8 @@
 * ``nanogpt_recipe``: nanoGPT's size, data and budget with the ``recipe``'s
   schedule and squared ReLU (peaks 1e-3 babyGPT, 3e-3 babyBitNet, as at the
   seed's size; not tuned at this size), no norm inside BitLinear. For a GPU.
+* ``nanogpt_2b4t``: ``nanogpt_recipe`` with BitNet b1.58 2B4T's block (as
+  ``b2b4t_block``; 2 key/value heads for the 6 query heads). For a GPU.
 """
 
 from __future__ import annotations
@@ -109,6 +111,12 @@ PRESETS: dict[str, dict] = {
     },
     "nanogpt_recipe": {  # nanoGPT's size and budget (with its clipping and matrix-only decay), the recipe's schedule
         "model": dict(NANOGPT_SIZE, activation="relu2"),
+        "train": dict(**NANOGPT_BUDGET, **RECIPE_SCHEDULE, decay_all=False, grad_clip=1.0),
+        "gpt": RECIPE_GPT,
+        "bitnet": {},
+    },
+    "nanogpt_2b4t": {  # nanogpt_recipe with BitNet b1.58 2B4T's block (2 key/value heads for 6 query heads)
+        "model": dict(NANOGPT_SIZE, **B2B4T_BLOCK),
         "train": dict(**NANOGPT_BUDGET, **RECIPE_SCHEDULE, decay_all=False, grad_clip=1.0),
         "gpt": RECIPE_GPT,
         "bitnet": {},

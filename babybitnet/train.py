@@ -188,6 +188,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.val, self.state = step, val, state
 
 
+def steady_ms(intervals: list[tuple[int, float]]) -> float | None:
+    """Milliseconds per step of the median (steps, seconds) interval after the first; None for none."""
+    if not intervals:
+        return None
+    rest = intervals[1:] or intervals
+    per_step = sorted(1000 * seconds / steps for steps, seconds in rest if steps > 0)
+    return per_step[len(per_step) // 2] if per_step else None
+
+
 def train(
     model: torch.nn.Module,
     train_data: torch.Tensor,
@@ -242,11 +251,12 @@ def train(
     t_start = time.perf_counter()
     train_time = 0.0
     steps_done, stopped_early, since_best = cfg.max_iters, False, 0
+    intervals: list[tuple[int, float]] = []  # (steps, seconds) between evaluations
     evaluate(0)
     bar = tqdm(range(cfg.max_iters), desc=desc, disable=not progress, dynamic_ncols=True)
     try:
+        t0 = time.perf_counter()  # the steps since the last evaluation are timed together
         for step in bar:
-            t0 = time.perf_counter()
             if on_step is not None:
                 on_step(step)
             for group in opt.param_groups:
@@ -260,10 +270,15 @@ def train(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - t0
             if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
+                # No synchronisation per step: the CPU queues the next steps while the GPU runs this one
+                # (a wait per step would leave the GPU idle while Python launches each kernel). Waiting here,
+                # before the evaluation, still times the steps exactly.
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                interval = time.perf_counter() - t0
+                train_time += interval
+                intervals.append((step + 1 - (history["step"][-1] if history["step"] else 0), interval))
                 evaluate(step + 1)
                 bar.set_postfix(train=f"{history['train'][-1]:.4f}", val=f"{history['val'][-1]:.4f}")
                 if cfg.patience > 0:
@@ -272,6 +287,7 @@ def train(
                     if since_best >= cfg.patience and step + 1 < cfg.max_iters:
                         steps_done, stopped_early = step + 1, True
                         break
+                t0 = time.perf_counter()
     except KeyboardInterrupt:
         bar.close()
         if last["state"] is None:
@@ -292,6 +308,9 @@ def train(
         "seconds": time.perf_counter() - t_start,
         "train_seconds": train_time,
         "ms_per_step": 1000 * train_time / steps_done,
+        # the steady speed: the median interval between evaluations, leaving out the first (compilation,
+        # warm-up); the first interval's when there is no other
+        "ms_per_step_steady": steady_ms(intervals),
         "stopped_early": stopped_early,
         "stopped_step": steps_done,  # optimizer steps taken: max_iters unless stopped early
         "history": history,

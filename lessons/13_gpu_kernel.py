@@ -348,7 +348,7 @@ print("triton_packed_linear vs int_linear, largest difference:", f"{(y - int_lin
 #
 # ## 5. How fast is it on an H100?
 #
-# `python -m babybitnet bench kernel` times $y = x W^\top$ on one H100 at
+# `python -m babybitnet bench kernel --variants` times $y = x W^\top$ on one H100 at
 # five weight shapes (from 2,560 x 2,560 to 20,480 x 3,200, the sizes of
 # BitNet models' layers) and batches 1 and 8: torch's bf16 and fp16 matmuls
 # against six Triton contenders, each with the fastest of a few tile
@@ -567,7 +567,7 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 # quantizes all its weights in every step), but still slower than babyGPT at
 # nanoGPT's size and only about as fast at 2B4T's. At batch 1 every layer's matmul is short: the
 # packed layer (quantizer kernel + dp4a GEMV) takes 7.5 to 11.7 µs at 2B4T's
-# shapes against 7.0 to 18.3 µs for cuBLAS bf16 (`bench kernel`, same H200,
+# shapes against 7.0 to 18.3 µs for cuBLAS bf16 (`bench kernel --variants`, same H200,
 # `babybitnet/results/bench_kernel_h200.json`): 0.9x to 1.7x, not the 8x that
 # 2-bit weights promise. And the step has more than matmuls: norms, residual
 # adds, the attention over the cache, the activation, each a kernel of a few

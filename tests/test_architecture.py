@@ -4,7 +4,8 @@ babybitnet/ has four layers (the README's module table lists them):
 
 - the book: one module per lesson concept (data, bigram, ..., finetune), plus ``files`` (every on-disk
   format) and ``runtime`` (devices, machines, processes);
-- ``kernels/``: the C++ and Triton kernels, which import only ``quant`` and ``packing``;
+- ``kernels/``: the C++ and Triton kernels, which import only ``quant``, ``packing`` and ``atomic`` (the
+  tuning cache is written atomically);
 - ``experiments/``: studies and benchmarks built on the book;
 - ``course/``: lessons, grading and ``check``; and ``cli``, which may import anything.
 
@@ -20,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "babybitnet"
 
-KERNEL_DEPS = {"babybitnet.quant", "babybitnet.packing"}
+KERNEL_DEPS = {"babybitnet.quant", "babybitnet.packing", "babybitnet.atomic"}
 
 
 def module_name(path: Path) -> str:

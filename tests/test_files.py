@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from babybitnet import files
+from babybitnet import atomic, files
 from babybitnet.data import CharTokenizer
 from babybitnet.files import (
     atomic_path,
@@ -207,7 +207,7 @@ def test_checkpoint_save_killed_by_sigkill_keeps_the_old_file(tmp_path, monkeypa
     assert len(stray) == 1 and stray[0].startswith(".m.pt.")  # what a SIGKILL leaves: the half-written temporary
     assert 0 < (tmp_path / stray[0]).stat().st_size < len(old)
     # the next save to the same path removes it (its writer is gone; not touched for STALE_TMP_S)
-    monkeypatch.setattr(files, "STALE_TMP_S", 0.0)
+    monkeypatch.setattr(atomic, "STALE_TMP_S", 0.0)
     save_checkpoint(path, tiny(1), TOKENIZER)
     assert temporaries(tmp_path) == []
     assert torch.equal(load_checkpoint(path)[0].lm_head.weight, tiny(1).lm_head.weight)
@@ -217,7 +217,7 @@ def test_checkpoint_save_killed_by_sigkill_keeps_the_old_file(tmp_path, monkeypa
 def test_stale_temporary_cleanup_spares_live_writers_and_other_files(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no process
-    host, target = files._HOST, tmp_path / "m.pt"
+    host, target = atomic._HOST, tmp_path / "m.pt"
     names = {
         "dead_old": f".m.pt.{host}-{dead.pid}-{'0' * 16}.tmp",
         "dead_fresh": f".m.pt.{host}-{dead.pid}-{'1' * 16}.tmp",  # maybe a writer of another pid namespace

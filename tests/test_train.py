@@ -134,3 +134,12 @@ def test_ctrl_c_keeps_the_last_evaluated_state():
     with pytest.raises(KeyboardInterrupt) as plain:  # without keep_last: a plain Ctrl-C
         train(model, train_data, val_data, cfg, progress=False, on_step=press_ctrl_c)
     assert not isinstance(plain.value, TrainingInterrupted)
+
+
+def test_steady_ms_leaves_out_the_first_interval():
+    from babybitnet.train import steady_ms
+
+    # the first interval holds the compilation: 1 s for 10 steps; then 10, 20 and 30 ms per step
+    assert steady_ms([(10, 1.0), (10, 0.1), (10, 0.2), (10, 0.3)]) == pytest.approx(20.0)
+    assert steady_ms([(4, 0.2)]) == pytest.approx(50.0)  # only one interval: its own speed
+    assert steady_ms([]) is None

@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from babybitnet.addonly import addonly_matmul_packed, lut_matmul
+from babybitnet.kernels import tuning
 from babybitnet.kernels.cpu import ext_matmul_packed, load_extension
 from babybitnet.kernels.triton_bitlinear import CONFIGS as BITLINEAR_CONFIGS
 from babybitnet.kernels.triton_bitlinear import MAX_BLOCK_M as BITLINEAR_MAX_M
@@ -246,15 +248,16 @@ def _check_contenders(x: torch.Tensor, w_t: torch.Tensor, packed: torch.Tensor, 
             raise RuntimeError(f"{label} has relative error {err:.2e} at N={n}, K={k}, M={x.shape[0]}")
 
 
-def bench_kernel(
+def bench_kernel_variants(
     sizes: tuple[tuple[int, int], ...] = ((2560, 2560), (4096, 4096), (8192, 8192), (13824, 2560), (20480, 3200)),
     batches: tuple[int, ...] = (1, 8),
     repeats: int = 30,
     configs: tuple[Config, ...] = CONFIGS,
     device: str = "cuda",
 ) -> dict:
-    """Microseconds of ``y = x @ W^T`` for W (N, K) in torch bf16, fp16 and the packed Triton kernel.
+    """Lesson 13's study: microseconds of ``y = x @ W^T`` for W (N, K) in torch bf16, fp16 and every Triton kernel.
 
+    (``bench kernel --variants``; plain ``bench kernel`` is :func:`bench_kernel`, the layer as it ships.)
     ``sizes`` are (N, K) pairs (N outputs, K inputs); ``batches`` the token counts M. Per shape,
     every contender is checked once against the float64 product (the int32 sums exactly), then
     each Triton contender (:data:`VARIANTS`) tries every one of ``configs`` (BLOCK_N, BLOCK_K,
@@ -266,10 +269,7 @@ def bench_kernel(
     require_triton()
     if not torch.cuda.is_available() or torch.device(device).type != "cuda":
         raise RuntimeError("bench_kernel times CUDA kernels: it needs a CUDA GPU (torch.cuda.is_available())")
-    dev = torch.device(device)
-    if dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 50 * 2**20)
+    dev, l2 = _cuda_device(device)
     gen = torch.Generator().manual_seed(0)
     s_w = torch.tensor([0.5], device=dev)  # one weight scale: its value only rescales
     rows = []
@@ -330,6 +330,194 @@ def bench_kernel(
     }
 
 
+def _cuda_device(device: str) -> tuple[torch.device, int]:
+    """The CUDA device (with its index) and its L2 cache size in bytes."""
+    dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev, getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 50 * 2**20)
+
+
+# ---------------------------------------------------------------- the layer as it ships vs its peers (issue 15)
+SHAPES = ((2560, 2560), (6912, 2560), (2560, 6912), (8192, 8192), (28672, 8192))  # (N, K): BitNet 2B4T, Llama 70B
+BATCHES = (1, 8, 32, 128, 256)
+BF16, INT8, OURS = "torch bf16 F.linear", "torch int8 _int_mm", "ours (packed_linear, tuned)"
+GEMLITE = ("gemlite A16W158_INT", "gemlite A8W158_INT_dynamic")
+PEERS = {
+    BF16: "cuBLAS bf16 on bf16 weights (the baseline)",
+    INT8: "cuBLAS int8 x int8 -> int32 on int8 weights, the matmul alone (no quantizer, no rescale); M > 16, "
+    "N and K multiples of 8",
+    OURS: "torch.ops.babybitnet.packed_linear as PackedBitLinear calls it: quantizer + the kernel the tuner chose",
+    GEMLITE[0]: "gemlite 0.6, bf16 activations x 2-bit ternary weights (--peers)",
+    GEMLITE[1]: "gemlite 0.6, int8 activations quantized per token in the layer x 2-bit ternary weights (--peers)",
+}
+
+
+def _gemlite_layers(w_t: torch.Tensor, s_w: float, copies: int, dev: torch.device) -> tuple[dict, str]:
+    """gemlite's two ternary layers, ``copies`` of each, for W = w_t / s_w; ({}, why) if gemlite does not import."""
+    try:
+        import gemlite  # noqa: F401
+        from gemlite.helper import A16W158_INT, A8W158_INT_dynamic
+    except Exception as e:  # noqa: BLE001 -- not installed, or built for another torch: a note, not a failure
+        return {}, f"gemlite skipped: {type(e).__name__}: {e}"
+    w = w_t.to(dev, torch.bfloat16)
+    scale = torch.tensor(1.0 / s_w)  # gemlite multiplies by weight_scale: ours divides by s_w
+    layers: dict[str, list] = {name: [] for name in GEMLITE}
+    for _ in range(copies):
+        a16 = A16W158_INT(device=str(dev), dtype=torch.bfloat16).from_weights(w, scale)
+        a16.scales = a16.scales.to(dev)  # gemlite 0.6 leaves them on the CPU
+        layers[GEMLITE[0]].append(a16)
+        layers[GEMLITE[1]].append(A8W158_INT_dynamic(device=str(dev), dtype=torch.bfloat16).from_weights(w, scale))
+    return layers, ""
+
+
+def _capturable(fn: Callable[[], object]) -> None:
+    """Raise if ``fn`` cannot be recorded in a CUDA graph (the timing replays graphs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        fn()
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).norm() / want.norm().clamp(min=1e-30))
+
+
+def bench_kernel(
+    sizes: tuple[tuple[int, int], ...] = SHAPES,
+    batches: tuple[int, ...] = BATCHES,
+    repeats: int = 20,
+    peers: bool = False,
+    retune: bool = False,
+    device: str = "cuda",
+) -> dict:
+    """Microseconds of the packed layer as PackedBitLinear runs it, against cuBLAS bf16 and int8, per shape and batch.
+
+    ``sizes`` are (N, K) pairs, ``batches`` the token counts M. "ours" is
+    ``torch.ops.babybitnet.packed_linear`` (activation quantizer included): its first call per shape
+    tunes (:mod:`babybitnet.kernels.tuning`; the choice is stored in ~/.cache/babybitnet/tuning.json
+    and reused, ``retune`` times again) and the row records the choice. ``peers`` adds gemlite's
+    ternary layers if ``import gemlite`` works (else a note). Every contender is checked against
+    the float64 product first. Timing as lesson 13's: CUDA graphs of >= 32 calls, median of
+    ``repeats`` replays, contenders interleaved, weights cycled over copies that overflow the L2
+    cache. Speedups are bf16's time over each contender's (> 1: faster than bf16).
+    """
+    from babybitnet.kernels import dispatch  # registers torch.ops.babybitnet.packed_linear
+
+    require_triton()
+    if not torch.cuda.is_available() or torch.device(device).type != "cuda":
+        raise RuntimeError("bench_kernel times CUDA kernels: it needs a CUDA GPU (torch.cuda.is_available())")
+    dev, l2 = _cuda_device(device)
+    if retune:
+        dispatch.forget()
+    gen = torch.Generator().manual_seed(0)
+    s_w_value = 0.5
+    s_w = torch.tensor([s_w_value], device=dev)
+    rows, notes = [], []
+    progress = tqdm(total=len(sizes) * len(batches), desc="bench kernel", unit="case")
+    for n, k in sizes:
+        w_t = torch.randint(-1, 2, (n, k), generator=gen).to(torch.int8)
+        packed = pack_2bit(w_t).to(dev)
+        w_t = w_t.to(dev)
+        n_packed, n_bf16, n_int8 = _copies(packed.numel(), l2), _copies(2 * n * k, l2), _copies(n * k, l2)
+        packs = [packed.clone() for _ in range(n_packed)]
+        bf16 = [w_t.to(torch.bfloat16) for _ in range(n_bf16)]
+        int8 = [w_t.clone() for _ in range(n_int8)] if n % 8 == 0 and k % 8 == 0 else []
+        gem, note = _gemlite_layers(w_t, s_w_value, n_packed, dev) if peers else ({}, "")
+        if note and note not in notes:
+            notes.append(note)
+        for m in batches:
+            x = torch.randn(m, k, generator=gen).to(dev, torch.bfloat16)
+            x_i, s_x = quantize_activations(x.float())
+            x_q = x_i.to(torch.int8)
+            exact = x_q.double() @ w_t.double().T
+            plain = x.double() @ w_t.double().T  # x @ W_t^T; the float layer computes plain / s_w
+            choice = dispatch.choice(x, packed, s_w, k)  # tunes this shape now if it was never tuned
+            ours = torch.ops.babybitnet.packed_linear(x, packed, s_w, k)
+            err = {
+                OURS: _rel_err(ours, exact / (s_x.double() * s_w_value)),
+                BF16: _rel_err(F.linear(x, bf16[0]), plain),
+            }
+            if not err[OURS] < 1e-2:
+                raise RuntimeError(f"{OURS} ({choice}) has relative error {err[OURS]:.2e} at N={n}, K={k}, M={m}")
+            fns: dict[str, list[Callable[[], object]]] = {
+                BF16: [functools.partial(F.linear, x, w) for w in bf16],
+                OURS: [functools.partial(torch.ops.babybitnet.packed_linear, x, pk, s_w, k) for pk in packs],
+            }
+            if int8 and m > 16:
+                if not torch.equal(torch._int_mm(x_q, int8[0].T).double(), exact):
+                    raise RuntimeError(f"{INT8} is wrong at N={n}, K={k}, M={m}")
+                fns[INT8] = [functools.partial(torch._int_mm, x_q, w.T) for w in int8]
+            for name, layers in gem.items():
+                try:
+                    err[name] = _rel_err(layers[0](x), plain / s_w_value)
+                    _capturable(functools.partial(layers[0], x))
+                    fns[name] = [functools.partial(layer, x) for layer in layers]
+                except Exception as e:  # noqa: BLE001 -- a peer that fails at one shape: a note, the rest still runs
+                    notes.append(f"{name} failed at N={n}, K={k}, M={m}: {type(e).__name__}: {str(e)[:200]}")
+            calls = {name: len(v) for name, v in fns.items()}
+            us = _graph_us(fns, {name: max(1, math.ceil(32 / c)) for name, c in calls.items()}, repeats)
+            key = tuning.tuning_key(dispatch.KERNEL, n, k, tuning.bucket_m(m), torch.cuda.get_device_name(dev))
+            rows.append(
+                {
+                    "n": n,
+                    "k": k,
+                    "m": m,
+                    "us": us,
+                    "speedup_vs_bf16": {name: us[BF16] / t for name, t in us.items()},
+                    "choice": choice,
+                    "tuning_us": dispatch.TUNER.timings.get(key),
+                    "rel_err": err,
+                    "copies": calls,
+                }
+            )
+            progress.update()
+        del packs, bf16, int8, gem
+    progress.close()
+    return {
+        "kind": "layer",
+        "machine": machine_info(dev),
+        "triton": triton.__version__,
+        "repeats": repeats,
+        "l2_bytes": l2,
+        "peers": {name: what for name, what in PEERS.items() if name in {c for r in rows for c in r["us"]}},
+        "notes": notes,
+        "tuning_cache": str(dispatch.TUNER.file()),
+        "method": "CUDA graphs of >= 32 calls timed with CUDA events, median of repeats, contenders interleaved; "
+        "weights cycled over copies that add up to at least twice the L2 cache; bf16 activations",
+        "rows": rows,
+    }
+
+
+def layer_table(results: dict) -> str:
+    """A markdown table of :func:`bench_kernel`'s results: one line per shape and batch, µs and speed vs bf16."""
+    names = list(dict.fromkeys(name for row in results["rows"] for name in row["us"]))
+    lines = [
+        f"{describe(results['machine'])}, triton {results['triton']}; median of {results['repeats']} CUDA-graph "
+        "replays, weights cold (cycled through more than the L2 cache); speed = bf16's time / its time",
+        "",
+        "| N x K | M | bf16 µs | " + " | ".join(n for n in names if n != BF16) + " | ours runs |",
+        "|---|---:|---:|" + "---:|" * (len(names) - 1) + "---|",
+    ]
+    for row in results["rows"]:
+        cells = []
+        for name in names:
+            if name == BF16:
+                continue
+            t = row["us"].get(name)
+            cells.append(f"{t:,.1f} µs, {row['speedup_vs_bf16'][name]:.2f}x" if t is not None else "")
+        lines.append(
+            f"| {row['n']} x {row['k']} | {row['m']} | {row['us'][BF16]:,.1f} | " + " | ".join(cells) + f" | "
+            f"{row['choice']} |"
+        )
+    lines += [""] + [f"- {name}: {what}" for name, what in results["peers"].items()]
+    lines += [f"- note: {note}" for note in results["notes"]]
+    return "\n".join(lines)
+
+
 def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -> list[str]:
     """Run every contender of :func:`bench_kernel` ``calls`` times at one shape, untimed: for a profiler.
 
@@ -355,7 +543,10 @@ def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -
 
 
 def kernel_table(results: dict) -> str:
-    """A markdown table of :func:`bench_kernel`'s results: one line per shape, batch and contender."""
+    """A markdown table of :func:`bench_kernel_variants`' results (one line per shape, batch and contender),
+    or of :func:`bench_kernel`'s (:func:`layer_table`)."""
+    if results.get("kind") == "layer":
+        return layer_table(results)
     lines = [
         f"{describe(results['machine'])}, triton {results['triton']}; median of {results['repeats']} "
         "CUDA-graph replays, weights cold (cycled through more than the L2 cache)",

@@ -18,15 +18,22 @@ from babybitnet.train import train
 
 
 def markdown_table(results: dict) -> str:
-    """The summary table of a ``compare`` run as markdown."""
+    """The summary table of a ``compare`` run as markdown.
+
+    "ms per step" averages every step, the compilation's included; "steady" is the median between two
+    evaluations after the first (babybitnet.train.steady_ms).
+    """
     rows = [
-        "| model | parameters | learning rate | final val loss | best val loss | train seconds | ms per step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | learning rate | final val loss | best val loss | train seconds | ms per step "
+        "| steady ms per step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, r in results["models"].items():
+        steady = r.get("ms_per_step_steady")  # absent in results from before it was recorded
         rows.append(
             f"| {NAMES.get(key, key)} | {r['params']:,} | {r['lr']:g} | {r['final_val']:.4f} | "
-            f"{r['best_val']:.4f} (step {r['best_step']}) | {r['train_seconds']:.1f} | {r['ms_per_step']:.1f} |"
+            f"{r['best_val']:.4f} (step {r['best_step']}) | {r['train_seconds']:.1f} | {r['ms_per_step']:.1f} | "
+            f"{'' if steady is None else f'{steady:.1f}'} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -3,7 +3,9 @@
 :mod:`babybitnet.finetune` is the method (convert a babyGPT, blend quantization in with lambda);
 this module runs it as an experiment: for each seed a babyGPT, then its gradual and abrupt
 fine-tunes and a babyBitNet trained from scratch on the same budget, in worker processes, with
-mean +- std; and ``finetune CKPT``, the fine-tune of a learner's own checkpoint.
+mean +- std; and ``finetune CKPT``, the fine-tune of a learner's own checkpoint. Both train on
+Tiny Shakespeare, a UTF-8 file (``text``) or a dataset written by ``prepare`` (``data``, a folder,
+read from disk: each worker opens it by its path, and the vocabulary is its tokenizer's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from babybitnet.bitlinear import set_quant_strength
 from babybitnet.experiments.study import loss_plot, ran_on, run_record, run_study, write_results
 from babybitnet.files import write_json
 from babybitnet.finetune import finetune, lambda_at, to_bitnet, val_loss
+from babybitnet.prepare import check_tokenizer, data_record, load_corpus, load_prepared
 from babybitnet.train import train
 
 NAMES = {"gpt": "babyGPT", "gradual": "gradual", "abrupt": "abrupt", "scratch": "babyBitNet from scratch"}
@@ -107,7 +110,10 @@ def plot_finetune(results: dict, path: str | Path) -> Path:
         f"babyGPT -> babyBitNet: gradual vs abrupt vs scratch\n"
         f"{seeds}, fine-tune peak LR {results['lr']:g} ({results['device']})"
     )
-    with loss_plot(path, title, "val cross-entropy loss (nats / character)") as ax:
+    data = results.get("data")
+    per_char = not isinstance(data, dict) or data.get("tokenizer", "char") == "char"
+    ylabel = f"val cross-entropy loss (nats / {'character' if per_char else 'token'})"
+    with loss_plot(path, title, ylabel) as ax:
         labelled: set[str] = set()
         for seed in done:
             models = results["runs"][seed]["models"]
@@ -126,7 +132,8 @@ def plot_finetune(results: dict, path: str | Path) -> Path:
         ax.axvline(s1, color="0.6", linestyle=":", label="conversion")
         if results["warmup"]:
             ax.axvline(s1 + results["warmup"], color="C0", linestyle=":", alpha=0.6, label="lambda reaches 1")
-        ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))  # the untrained loss (~4.2) would flatten the interesting part
+        if per_char:  # the untrained loss (~4.2) would flatten the interesting part
+            ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))
     return Path(path)
 
 
@@ -136,12 +143,11 @@ def _chain(seed: int, settings: dict) -> dict:
     A top-level function so a worker process can run it; ``settings`` holds plain values only.
     Returns ``{"models": {gpt, gradual, abrupt}, "after_conversion": {gpt, lam0, lam1}}``.
     """
-    from babybitnet.data import load_dataset
     from babybitnet.presets import build_model, get_preset
 
     s1, s2, dev, progress = settings["s1"], settings["s2"], settings["device"], settings["progress"]
     common = {"seed": seed, "eval_iters": settings["eval_iters"]}  # None values keep the preset's
-    tok, train_data, val_data = load_dataset(settings["text"])
+    tok, train_data, val_data = load_corpus(settings["text"], settings.get("data"))  # opened here, by its path
 
     # (a) the full-precision model
     gpt, gcfg = build_model("recipe", "gpt", tok.vocab_size, {"bias": False}, max_iters=s1, **common)
@@ -172,10 +178,9 @@ def _chain(seed: int, settings: dict) -> dict:
 
 def _scratch(seed: int, settings: dict) -> dict:
     """One seed's babyBitNet from scratch for ``s1 + s2`` steps (recipe preset and LR, bias=False)."""
-    from babybitnet.data import load_dataset
     from babybitnet.presets import build_model
 
-    tok, train_data, val_data = load_dataset(settings["text"])
+    tok, train_data, val_data = load_corpus(settings["text"], settings.get("data"))
     steps = settings["s1"] + settings["s2"]
     model, cfg = build_model(
         "recipe",
@@ -211,17 +216,17 @@ def finetune_checkpoint(
     eval_iters: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    data: str | Path | None = None,
 ) -> dict:
     """Fine-tune YOUR trained babyGPT: load the checkpoint ``path``, convert it, fine-tune, save a babyBitNet.
 
     The checkpoint must hold a babyGPT (``linear="fp"``) trained on the same text (its tokenizer
-    must match). The fine-tune is :func:`finetune` with babyBitNet's recipe schedule over ``s2``
-    steps at peak ``lr`` (None: the recipe's 3e-3; stage 2 at half), the checkpoint's batch size
-    if it recorded one. Writes the babyBitNet checkpoint to ``out`` (``sample`` and ``pack`` take
-    it) and ``out.json`` with the val loss before (the babyGPT), right after the conversion at
-    ``lam = 1``, and after fine-tuning.
+    must match), or the prepared dataset ``data`` encoded with its tokenizer. The fine-tune is
+    :func:`finetune` with babyBitNet's recipe schedule over ``s2`` steps at peak ``lr`` (None: the
+    recipe's 3e-3; stage 2 at half), the checkpoint's batch size if it recorded one. Writes the
+    babyBitNet checkpoint to ``out`` (``sample`` and ``pack`` take it) and ``out.json`` with the val
+    loss before (the babyGPT), right after the conversion at ``lam = 1``, and after fine-tuning.
     """
-    from babybitnet.data import load_dataset
     from babybitnet.files import load_checkpoint, save_checkpoint
     from babybitnet.presets import get_preset
     from babybitnet.runtime import resolve_device
@@ -230,7 +235,14 @@ def finetune_checkpoint(
     gpt, ckpt_tok, meta = load_checkpoint(path, dev)
     if gpt.config.linear != "fp":
         raise ValueError(f"{path} holds a babyBitNet already (linear={gpt.config.linear!r}); give a babyGPT checkpoint")
-    tok, train_data, val_data = load_dataset(text)
+    if text is not None and data is not None:
+        raise ValueError("give a text file (--text) or a prepared dataset (--data), not both")
+    if data is not None:
+        ds = load_prepared(data)
+        check_tokenizer(ds, ckpt_tok, f"the checkpoint {path}")
+        tok, train_data, val_data = ds.tokenizer, ds.train, ds.val
+    else:
+        tok, train_data, val_data = load_corpus(text)
     if ckpt_tok.to_dict() != tok.to_dict():
         raise ValueError(
             f"{path} was trained with another vocabulary ({ckpt_tok.vocab_size} characters) than "
@@ -246,6 +258,7 @@ def finetune_checkpoint(
     r = finetune(bitnet, train_data, val_data, cfg, warmup, dev, progress=progress, desc="finetune")
     summary = {
         "checkpoint": str(path),
+        "data": data_record(text, data),
         "warmup": warmup,
         "lr": cfg.lr,
         "before": before,
@@ -269,13 +282,15 @@ def compare_finetune(
     eval_iters: int | None = None,
     jobs: int = 1,
     lr: float | None = None,
+    data: str | Path | None = None,
 ) -> dict:
     """The experiment over ``seeds``; writes ``results.json``, ``table.md`` and ``val_loss.png`` into ``out``.
 
     Per seed: (a) babyGPT, recipe preset with ``bias=False``, ``s1`` steps; (b) converted with
     :func:`to_bitnet` and fine-tuned ``s2`` steps with ``lam`` warming up over ``warmup`` steps;
     (c) the same with the abrupt switch; (d) babyBitNet from scratch, recipe preset, ``bias=False``,
-    ``s1 + s2`` steps. All four use the seed for initial weights and batches, and the same data.
+    ``s1 + s2`` steps. All four use the seed for initial weights and batches, and the same data:
+    Tiny Shakespeare, ``text`` (a UTF-8 file) or ``data`` (a folder written by ``prepare``).
 
     The fine-tunes use babyBitNet's recipe schedule over ``s2`` steps (a fresh optimizer, so its LR
     warm-up too) at peak ``lr`` with stage 2 at ``lr / 2``; ``lr=None`` is the recipe's own peak
@@ -308,6 +323,7 @@ def compare_finetune(
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
         raise ValueError(f"lr (the fine-tunes' peak learning rate) must be a positive number, got {lr!r}")
 
+    load_corpus(text, data)  # a bad corpus fails here, before any worker starts
     dev = resolve_device(device)
     recipe_lr = get_preset("recipe", "bitnet")[1].lr
     results: dict = {
@@ -317,7 +333,7 @@ def compare_finetune(
         "lr": recipe_lr if lr is None else float(lr),
         "seeds": seeds,
         **ran_on(dev),
-        "data": str(text or "tinyshakespeare"),
+        "data": data_record(text, data),
         "runs": {},
         "summary": {},
     }
@@ -331,6 +347,7 @@ def compare_finetune(
         "lr": lr,
         "eval_iters": eval_iters,
         "text": text and str(text),
+        "data": data and str(data),  # paths: each worker opens the corpus itself
         "device": str(dev),
         "progress": progress and jobs == 1,  # workers' bars would write over each other
     }

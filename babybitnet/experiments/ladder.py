@@ -21,7 +21,9 @@ norm           + RMSNorm before each part and at the end: the full ``GPT``
 Every rung starts from the same kind of initial weights: PyTorch's defaults
 (``init="torch"``, as in the video, embeddings N(0, 1)) or the GPT's small
 normal init (``init="gpt"``, std 0.02), which slows down the rungs without a
-norm. ``python -m babybitnet ladder`` runs it and prints a table.
+norm. ``python -m babybitnet ladder`` runs it and prints a table; ``--text`` (a
+UTF-8 file) or ``--data`` (a dataset written by ``prepare``, read from disk,
+its tokenizer's vocabulary) replaces Tiny Shakespeare.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from babybitnet.bigram import BigramLanguageModel
 from babybitnet.experiments.study import ran_on
 from babybitnet.files import write_json
 from babybitnet.gpt import GPT, MLP, Block, GPTConfig, make_linear
+from babybitnet.prepare import data_record, load_corpus
 from babybitnet.runtime import resolve_device
 from babybitnet.train import TrainConfig, train
 
@@ -149,21 +152,22 @@ def ladder(
     rungs: tuple[str, ...] = RUNGS,
     init: str = "torch",
     progress: bool = True,
+    data: str | Path | None = None,
     **train_overrides,
 ) -> dict:
     """Train every rung under the same settings; return (and write ``out/ladder.json``) the results.
 
+    ``text`` (a UTF-8 file) or ``data`` (a folder written by ``prepare``) replaces Tiny Shakespeare.
     ``train_overrides`` replace training settings, e.g. ``eval_iters=20`` for a quick look.
     """
-    from babybitnet.data import load_dataset
-
     dev = resolve_device(device)
-    tok, train_data, val_data = load_dataset(text)
+    tok, train_data, val_data = load_corpus(text, data)
     mcfg, tcfg = ladder_configs(tok.vocab_size, max_iters=iters, seed=seed, **train_overrides)
     results: dict = {
         "model_config": mcfg.to_dict(),
         "train_config": tcfg.to_dict(),
         **ran_on(dev),
+        "data": data_record(text, data),
         "init": init,
         "rungs": {},
     }

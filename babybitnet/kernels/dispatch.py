@@ -6,32 +6,165 @@ operator with a "fake" implementation that only says the output's shape and dtyp
 one call that compile leaves alone while it fuses everything around it (norms, residual adds,
 activations), and that a CUDA graph records like any other kernel.
 
-Which kernel runs (the choice :class:`babybitnet.packed.PackedBitLinear` documents):
+Which kernel runs is chosen per shape by :mod:`babybitnet.kernels.tuning`: on a CUDA GPU the first
+call of a (N, K, bucket of M) times the candidates (:func:`candidates`) and keeps the fastest, stored
+in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 
-- K % 16 != 0: the first kernel (:mod:`babybitnet.kernels.triton_gemv`), any K;
-- at most 16 tokens and K <= 2048: one launch (:mod:`babybitnet.kernels.triton_bitlinear`);
-- otherwise the quantizer kernel and the dp4a GEMV (:mod:`babybitnet.kernels.triton_dp4a`).
+- ``gemv``: the first kernel (:mod:`babybitnet.kernels.triton_gemv`), any K (the only one for K % 16 != 0);
+- ``bitlinear:<config>``: quantizer, dp4a GEMV and rescale in one launch, at most 16 tokens
+  (:mod:`babybitnet.kernels.triton_bitlinear`);
+- ``dp4a:<config>``: the quantizer kernel, then the dp4a GEMV (:mod:`babybitnet.kernels.triton_dp4a`), up
+  to 32 tokens (past that it reads the weights again for every 16 tokens);
+- ``mma:<config>``: the quantizer kernel, then the int8 tensor-core GEMM (:mod:`babybitnet.kernels.triton_mma`),
+  from 5 tokens; ``mma1:<config>``: the same in one launch (each program quantizes its tokens), 5 to 64 tokens;
+- ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
+  cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
+
+Without tuning (Triton's interpreter, CPU tensors, ``BABYBITNET_TUNE=0``) a fixed default
+(:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048,
+else dp4a; more tokens -> mma. While a CUDA graph is captured, nothing is timed: the stored choice,
+else the default.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from babybitnet.kernels import tuning
+from babybitnet.kernels.triton_bitlinear import CONFIGS as BITLINEAR_CONFIGS
+from babybitnet.kernels.triton_bitlinear import DEFAULT_CONFIG as BITLINEAR_DEFAULT
 from babybitnet.kernels.triton_bitlinear import MAX_BLOCK_M, bitlinear_dp4a
+from babybitnet.kernels.triton_common import interpreted
+from babybitnet.kernels.triton_dp4a import CONFIGS as DP4A_CONFIGS
+from babybitnet.kernels.triton_dp4a import DEFAULT_CONFIG as DP4A_DEFAULT
 from babybitnet.kernels.triton_dp4a import dp4a_linear
 from babybitnet.kernels.triton_gemv import triton_packed_linear
+from babybitnet.kernels.triton_mma import CONFIGS as MMA_CONFIGS
+from babybitnet.kernels.triton_mma import DEFAULT_CONFIG as MMA_DEFAULT
+from babybitnet.kernels.triton_mma import mma_linear
+from babybitnet.packing import unpack_2bit
+from babybitnet.quant import quantize_activations, row_scales
 
-ONE_LAUNCH_MAX_K = 2048  # past this, re-quantizing the inputs in every program costs more than a second launch
+KERNEL = "packed_linear"  # the tuning key's kernel name
+ONE_LAUNCH_MAX_K = 2048  # default: past this, re-quantizing the inputs in every program costs more than a second launch
+DP4A_MAX_M = 32  # candidates: the dp4a GEMV up to this many tokens
+MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
+FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) up to this many
+
+TUNER = tuning.Tuner()  # the process's choices; tests swap it for one with a temporary file and a fake timer
+_memo: dict[tuple, str] = {}  # (device index, N, K, M bucket) -> candidate: the fast path of every call
+
+
+def _name(kind: str, config: tuple[int, ...]) -> str:
+    return f"{kind}:{','.join(map(str, config))}"
+
+
+def default_candidate(m: int, k: int) -> str:
+    """The candidate that runs without tuning, for ``m`` tokens and ``k`` inputs."""
+    if k % 16:
+        return "gemv"
+    if m <= MAX_BLOCK_M:
+        return _name("bitlinear", BITLINEAR_DEFAULT) if k <= ONE_LAUNCH_MAX_K else _name("dp4a", DP4A_DEFAULT)
+    return _name("mma", MMA_DEFAULT)
+
+
+def candidates(m: int, n: int, k: int) -> list[str]:
+    """The names of the candidates the tuner times for ``m`` tokens (a bucket's edge) and W (n, k)."""
+    names = [default_candidate(m, k)]
+    if k % 16 == 0:
+        if m <= MAX_BLOCK_M:
+            names += [_name("bitlinear", c) for c in BITLINEAR_CONFIGS]
+        if m <= DP4A_MAX_M:
+            names += [_name("dp4a", c) for c in DP4A_CONFIGS]
+        if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
+            mma = [c for c in MMA_CONFIGS if m // 4 <= c[0] <= max(16, m)]
+            names += [_name("mma", c) for c in mma]
+            if m <= FUSED_MAX_M:
+                names += [_name("mma1", c) for c in mma]
+    else:
+        names.append("gemv")
+    names.append("bf16")
+    if m > 16 and n % 8 == 0 and k % 8 == 0:  # what torch._int_mm accepts
+        names.append("int_mm")
+    return list(dict.fromkeys(names))  # in order, once each
+
+
+def unpacked_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int, int8: bool) -> torch.Tensor:
+    """The fallback: unpack W on the fly, cuBLAS on the quantized activations, one rescale. (M, k) -> (M, N).
+
+    bf16: the int8 activation values and the ternary weights are exact in bf16 and cuBLAS sums in
+    float32; only the bf16 output rounds (about 3 digits, like the kernels' bf16 outputs).
+    int8 (``torch._int_mm``): exact int32 sums. Costs a (N, k) temporary per call.
+    """
+    n = packed.shape[0]
+    x_i, s_x = quantize_activations(x.float())  # integers in [-127, 127] as floats, (M, 1) scales
+    w = unpack_2bit(packed, k, check=False)  # int8 (N, k); no value check: it would synchronize
+    if int8:
+        y = torch._int_mm(x_i.to(torch.int8), w.T)
+    else:
+        y = F.linear(x_i.to(torch.bfloat16), w.to(torch.bfloat16))
+    return (y.float() / (s_x * row_scales(scale, n, torch.float32))).to(x.dtype)
+
+
+def run_candidate(name: str, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
+    """Run candidate ``name`` (see :func:`candidates`): float (M, k) -> (M, N) in x's dtype."""
+    kind, _, config = name.partition(":")
+    cfg = tuple(int(v) for v in config.split(",")) if config else None
+    if kind == "gemv":
+        return triton_packed_linear(x, packed, scale, k, cfg)
+    if kind == "bitlinear":
+        return bitlinear_dp4a(x, packed, scale, k, cfg)
+    if kind == "dp4a":
+        return dp4a_linear(x, packed, scale, k, cfg)
+    if kind in ("mma", "mma1"):
+        return mma_linear(x, packed, scale, k, cfg, fused=kind == "mma1")
+    if kind in ("bf16", "int_mm"):
+        return unpacked_linear(x, packed, scale, k, int8=kind == "int_mm")
+    raise ValueError(f"unknown packed_linear candidate {name!r}; the candidates are listed by dispatch.candidates")
+
+
+def choice(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> str:
+    """The candidate :func:`packed_linear` runs for these inputs, tuning its shape first where it may."""
+    if x.shape[0] == 0 or not x.is_cuda or interpreted():
+        return default_candidate(max(x.shape[0], 1), k)
+    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0])))
+    if name is not None:  # the fast path of every call after the first
+        return name
+    capturing = torch.cuda.is_current_stream_capturing()  # no timing inside a capture: it would synchronize
+    return tuned_choice(x, packed, scale, k, torch.cuda.get_device_name(x.device), capturing)
+
+
+def tuned_choice(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int, device: str, capturing: bool
+) -> str:
+    """:func:`choice` on a GPU named ``device``: the memo, else the tuner (which times nothing while ``capturing``)."""
+    m, n = x.shape[0], packed.shape[0]
+    memo_key = (x.device.index, n, k, tuning.m_bucket(m))
+    name = _memo.get(memo_key)
+    if name is not None:
+        return name
+    m_t = tuning.bucket_m(m)
+    key, default = tuning.tuning_key(KERNEL, n, k, m_t, device), default_candidate(m_t, k)
+    tune = tuning.tuning_enabled() and not capturing
+    x_t = torch.randn(m_t, k, device=x.device, dtype=x.dtype) if tune else x  # each bucket timed at its edge
+    fns = {nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k)) for nm in candidates(m_t, n, k)}
+    name = TUNER.choose(key, fns, default, tune=tune)
+    if not capturing or name != default:
+        _memo[memo_key] = name  # settled (a default taken during a capture may still be tuned after it)
+    return name
+
+
+def forget() -> None:
+    """Forget every choice (memory and the tuning file): the next calls tune again."""
+    _memo.clear()
+    TUNER.forget(KERNEL + "|")
 
 
 @torch.library.custom_op("babybitnet::packed_linear", mutates_args=())
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
     """float (M, k), uint8 (N, ceil(k/4)) 2-bit weights, s_w (G,) -> (M, N) in x's dtype, on the GPU."""
-    if k % 16:
-        return triton_packed_linear(x, packed, scale, k)
-    if x.shape[0] <= MAX_BLOCK_M and k <= ONE_LAUNCH_MAX_K:
-        return bitlinear_dp4a(x, packed, scale, k)
-    return dp4a_linear(x, packed, scale, k)
+    return run_candidate(choice(x, packed, scale, k), x, packed, scale, k)
 
 
 @packed_linear.register_fake

@@ -25,7 +25,7 @@ import torch
 
 from babybitnet.kernels.triton_common import Config, check_config, check_packed_on, interpreted, require_triton, tl
 from babybitnet.kernels.triton_common import triton as triton
-from babybitnet.kernels.triton_dp4a import _check_k, _words, dp4a, load_words, round_to_int
+from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_words, round_to_int
 from babybitnet.quant import EPS, row_scales
 
 MAX_BLOCK_M = 16  # tokens per program: past that, use the two-kernel path or a GEMM
@@ -113,7 +113,7 @@ def bitlinear_dp4a(
     m = x.shape[0]
     if m > MAX_BLOCK_M:
         raise ValueError(f"bitlinear_dp4a takes at most {MAX_BLOCK_M} tokens (decode), got {m}; use dp4a_linear")
-    _check_k(k)
+    check_words_k(k)
     check_packed_on(packed, k, x.device)
     n = packed.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -123,7 +123,7 @@ def bitlinear_dp4a(
         return y.zero_()
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = triton.next_power_of_2(m)
-    x, w = x.contiguous(), _words(packed)
+    x, w = x.contiguous(), as_words(packed)
     scales = row_scales(s_w, n, torch.float32).to(x.device)
     kw = k // 16
     bitlinear_dp4a_kernel[(triton.cdiv(n, block_n), 1)](

@@ -210,13 +210,14 @@ def prepare_activations(x_q: torch.Tensor) -> torch.Tensor:
     if x_q.dtype != torch.int8 or x_q.dim() != 2:
         raise ValueError(f"x_q must be a 2-D int8 tensor (M, K), got {x_q.dtype} {tuple(x_q.shape)}")
     m, k = x_q.shape
-    _check_k(k)
+    check_words_k(k)
     # (m, q, b, j) -> (m, j, q, b): plane j, word q, byte b = input 16q + 4b + j
     planes = x_q.reshape(m, k // 16, 4, 4).permute(0, 3, 1, 2).contiguous()
     return planes.view(torch.int32).reshape(m, k // 4)
 
 
-def _check_k(k: int) -> None:
+def check_words_k(k: int) -> None:
+    """Raise unless ``k`` is a whole number of 16-weight words (what the dp4a and tensor-core kernels read)."""
     if k % 16:
         raise ValueError(
             f"the dp4a kernel reads 16 weights per word, so K must be a multiple of 16, got K={k}; "
@@ -224,12 +225,40 @@ def _check_k(k: int) -> None:
         )
 
 
-def _words(packed: torch.Tensor) -> torch.Tensor:
+def as_words(packed: torch.Tensor) -> torch.Tensor:
     """The packed bytes (N, K / 4) seen as int32 words (N, K / 16): no copy."""
     return packed.contiguous().view(torch.int32)
 
 
 # ---------------------------------------------------------------- launchers
+def words_matmul_output(
+    x_words: torch.Tensor,
+    packed: torch.Tensor,
+    k: int,
+    s_x: torch.Tensor | None,
+    s_w_rows: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Check the arguments of a matmul from activation words (this module's and the tensor-core one's);
+    return its empty output (M, N): int32 without scales, else ``out_dtype`` (float32 by default)."""
+    require_triton()
+    check_words_k(k)
+    if not isinstance(x_words, torch.Tensor) or x_words.dtype != torch.int32 or x_words.dim() != 2:
+        what = f"{x_words.dtype} {tuple(x_words.shape)}" if isinstance(x_words, torch.Tensor) else type(x_words)
+        raise ValueError(f"x_words must be int32 (M, K/4) from quantize_words or prepare_activations, got {what}")
+    if x_words.shape[1] != k // 4:
+        raise ValueError(f"K mismatch: x_words has {x_words.shape[1]} words per token, K={k} needs {k // 4}")
+    check_packed_on(packed, k, x_words.device)
+    m, n = x_words.shape[0], packed.shape[0]
+    if s_x is not None or s_w_rows is not None:
+        if s_x is None or s_w_rows is None or s_x.shape != (m,) or s_w_rows.shape != (n,):
+            raise ValueError(f"pass both s_x ({m},) and s_w_rows ({n},) to rescale, or neither")
+        out_dtype = out_dtype or torch.float32
+    elif out_dtype not in (None, torch.int32):
+        raise ValueError(f"without scales the output is int32 (the raw sums), got out_dtype={out_dtype}")
+    return torch.empty(m, n, dtype=out_dtype or torch.int32, device=x_words.device)
+
+
 def dp4a_matmul(
     x_words: torch.Tensor,
     packed: torch.Tensor,
@@ -246,23 +275,8 @@ def dp4a_matmul(
     (BLOCK_N, BLOCK_W words, num_warps), powers of 2 (default :data:`DEFAULT_CONFIG`).
     Never synchronizes, so it can be captured in a CUDA graph.
     """
-    require_triton()
-    _check_k(k)
-    if not isinstance(x_words, torch.Tensor) or x_words.dtype != torch.int32 or x_words.dim() != 2:
-        what = f"{x_words.dtype} {tuple(x_words.shape)}" if isinstance(x_words, torch.Tensor) else type(x_words)
-        raise ValueError(f"x_words must be int32 (M, K/4) from prepare_activations, got {what}")
-    if x_words.shape[1] != k // 4:
-        raise ValueError(f"K mismatch: x_words has {x_words.shape[1]} words per token, K={k} needs {k // 4}")
-    check_packed_on(packed, k, x_words.device)
-    m, n = x_words.shape[0], packed.shape[0]
-    rescale = s_x is not None or s_w_rows is not None
-    if rescale:
-        if s_x is None or s_w_rows is None or s_x.shape != (m,) or s_w_rows.shape != (n,):
-            raise ValueError(f"pass both s_x ({m},) and s_w_rows ({n},) to rescale, or neither")
-        out_dtype = out_dtype or torch.float32
-    elif out_dtype not in (None, torch.int32):
-        raise ValueError(f"without scales the output is int32 (the raw sums), got out_dtype={out_dtype}")
-    y = torch.empty(m, n, dtype=out_dtype or torch.int32, device=x_words.device)
+    y = words_matmul_output(x_words, packed, k, s_x, s_w_rows, out_dtype)
+    m, n, rescale = y.shape[0], y.shape[1], s_x is not None
     if m == 0 or n == 0:
         return y
     if k == 0:
@@ -270,7 +284,7 @@ def dp4a_matmul(
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = min(MAX_BLOCK_M, triton.next_power_of_2(m))
     block_w = max(8, block_w // block_m)  # keep the (M, N, W) accumulator in registers as tokens grow
-    x_words, w = x_words.contiguous(), _words(packed)
+    x_words, w = x_words.contiguous(), as_words(packed)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     ternary_gemv_dp4a_kernel[grid](
         x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y,
@@ -292,7 +306,7 @@ def quantize_words(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, tor
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"x must be a 2-D float tensor (M, K), got {getattr(x, 'dtype', type(x))}")
     m, k = x.shape
-    _check_k(k)
+    check_words_k(k)
     x = x.contiguous()
     words = torch.empty(m, k // 4, dtype=torch.int32, device=x.device)
     s_x = torch.empty(m, dtype=torch.float32, device=x.device)

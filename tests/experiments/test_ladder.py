@@ -88,3 +88,19 @@ def test_ladder_command_writes_json_and_prints_a_table(tmp_path, capsys):
     for r in results["rungs"].values():
         assert r["title"] in printed and f"{r['params']:,}" in printed
     assert printed.count("\n|") >= len(L.RUNGS) + 1
+
+
+def test_ladder_on_a_prepared_dataset(tmp_path, capsys):
+    from babybitnet.prepare import data_record, prepare
+
+    text = tmp_path / "t.txt"
+    text.write_text("hello world, the ladder goes up one rung at a time.\n" * 40)
+    prepare(text, tmp_path / "ds", tokenizer="bpe", vocab_size=270)
+    out = tmp_path / "ladder"
+    args = ["--iters", "2", "--eval-iters", "2", "--quiet", "--device", "cpu", "--data", str(tmp_path / "ds")]
+    assert main(["ladder", *args, "--out", str(out)]) == 0
+    results = json.loads((out / "ladder.json").read_text())
+    assert results["data"] == data_record(None, tmp_path / "ds") and results["model_config"]["vocab_size"] == 270
+    assert results["rungs"]["bigram"]["params"] == 270 * 270  # the table of the BPE vocabulary
+    assert main(["ladder", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "prepared dataset not found" in capsys.readouterr().err

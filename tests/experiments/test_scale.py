@@ -1,4 +1,6 @@
 import json
+import math
+import statistics
 import subprocess
 import sys
 
@@ -6,10 +8,23 @@ import pytest
 import torch
 
 from babybitnet.cli import main
+from babybitnet.data import load_text
 from babybitnet.experiments import scale as scale_mod
-from babybitnet.experiments.scale import SIZES, markdown_table, scale, size_overrides, task_devices
+from babybitnet.experiments.scale import (
+    OVERFIT_MARGIN,
+    SIZES,
+    iters_for_epochs,
+    markdown_table,
+    plot_scale,
+    scale,
+    size_overrides,
+    summarize,
+    task_devices,
+)
 from babybitnet.gpt import GPT
+from babybitnet.prepare import data_record, load_prepared, prepare
 from babybitnet.presets import get_preset
+from babybitnet.runtime import machine_info
 
 # Two sizes small enough for a CPU test; the study's own sizes are for GPUs.
 TINY = {
@@ -54,7 +69,8 @@ def test_study_writes_results_table_and_plot(study):
     out, results = study
     r = json.loads((out / "results.json").read_text())
     assert r == json.loads(json.dumps(results))  # the file is the returned results
-    assert r["data"] == "tinyshakespeare" and r["iters"] == ITERS and r["torch"] == torch.__version__
+    assert r["data"] == {"text": "tinyshakespeare"} and r["iters"] == ITERS and r["seeds"] == 1
+    assert r["torch"] == torch.__version__
     assert r["tokens_per_run"] == ITERS * 64 * 256 and r["machine"]["device"] == "cpu"
     assert (r["dtype"], r["compile"]) == ("float32", False)  # CPU defaults
     assert [(run["size"], run["model"]) for run in r["runs"]] == [
@@ -78,6 +94,8 @@ def test_study_writes_results_table_and_plot(study):
         assert run["params"] == count_params(spec, run["model"])
         assert run["best_val"] == min(run["history"]["val"]) and run["stopped_step"] <= ITERS
         assert run["best_val"] < run["history"]["val"][0]  # it learned something
+        assert run["seed"] == 1337 and run["epochs"] == pytest.approx(run["tokens_seen"] / r["train_tokens"])
+        assert run["overfit"] == (run["final_val"] > run["best_val"] + OVERFIT_MARGIN)
     rows = r["summary"]
     assert [row["size"] for row in rows] == ["a", "b"]
     for row in rows:
@@ -90,11 +108,13 @@ def test_study_writes_results_table_and_plot(study):
 
 
 def fake_run_one(calls: list):
-    def run_one(size, model, device, iters, text, dtype, compile, seed, eval_iters, patience, sizes, progress=False):
-        calls.append((size, model))
-        val = 2.0 - 0.1 * list(sizes).index(size) + (0.05 if model == "bitnet" else 0.0)
-        return {"size": size, "model": model, "params": 1000 * (1 + len(calls)), "best_val": val,
-                "best_step": iters, "stopped_early": False}  # fmt: skip
+    def run_one(size, model, seed, device, iters, text, dtype, compile, eval_iters, patience, sizes, progress=False,
+                data=None, batch_size=64):  # fmt: skip
+        calls.append((size, model) if seed == 1337 else (size, model, seed))
+        val = 2.0 - 0.1 * list(sizes).index(size) + (0.05 if model == "bitnet" else 0.0) + 0.01 * (seed - 1337)
+        return {"size": size, "model": model, "seed": seed, "params": 1000 * (1 + len(calls)), "best_val": val,
+                "final_val": val, "best_step": iters, "stopped_early": False, "epochs": 1.0,
+                "overfit": False}  # fmt: skip
 
     return run_one
 
@@ -116,6 +136,11 @@ def test_resume_trains_only_what_is_missing(tmp_path, monkeypatch):
         scale(TINY, resume=True, **{**kw, "iters": 30})
     with pytest.raises(ValueError, match="size 'a'"):
         scale({**TINY, "a": {**TINY["a"], "n_embd": 8}}, resume=True, **kw)
+    r = scale(TINY, resume=True, seeds=2, **kw)  # a second seed: only its runs are trained
+    assert calls[8:] == [("a", "gpt", 1338), ("a", "bitnet", 1338), ("b", "gpt", 1338), ("b", "bitnet", 1338)]
+    assert r["seeds"] == 2 and len(r["runs"]) == 8
+    assert r["summary"][0]["gap_seeds"] == 2 and r["summary"][0]["gap_std"] == pytest.approx(0.0, abs=1e-12)
+    assert r["summary"][0]["best_val_gpt"] == pytest.approx(2.005)  # the mean of 2.00 and 2.01
 
 
 def test_bad_sizes_models_and_text_fail_in_words(tmp_path):
@@ -148,7 +173,9 @@ def test_two_jobs_in_worker_processes(tmp_path):
 def test_cli_help_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     p = subprocess.run([sys.executable, "-m", "babybitnet", "scale", "--help"], capture_output=True, text=True)
     assert p.returncode == 0
-    for option in ("--sizes", "--iters", "--text", "--jobs", "--resume", "--patience", "--no-compile", "25M"):
+    options = ("--sizes", "--iters", "--text", "--jobs", "--resume", "--patience", "--no-compile", "25M", "--data",
+               "--epochs", "--seeds", "--batch-size", "--dropout")  # fmt: skip
+    for option in options:
         assert option in p.stdout, option
     monkeypatch.setitem(SIZES, "tiny", TINY["a"])  # a size the CLI accepts, cheap enough for a test
     argv = ["scale", "--sizes", "tiny", "--models", "bitnet", "--iters", "4", "--eval-iters", "1"]
@@ -161,3 +188,142 @@ def test_cli_help_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["scale", "--sizes", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a prepared corpus, several seeds, epochs
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A small BPE dataset (300 tokens) of the start of Tiny Shakespeare: about 26k train tokens."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "text.txt").write_text(load_text(None)[:40_000], encoding="utf-8")
+    prepare(folder / "text.txt", folder / "ds", tokenizer="bpe", vocab_size=300)
+    return folder / "ds"
+
+
+def test_epochs_set_the_step_budget():
+    assert iters_for_epochs(1.0, 64 * 256 * 10) == 10
+    assert iters_for_epochs(1.5, 64 * 256 * 10 + 1) == 16  # rounded up: at least E passes
+    assert iters_for_epochs(2.0, 1000, batch_size=4) == math.ceil(2000 / 1024)
+    with pytest.raises(ValueError, match="epochs must be"):
+        iters_for_epochs(0.0, 1000)
+
+
+def test_prepared_data_two_seeds_in_worker_processes(prepared, tmp_path):
+    train_tokens = len(load_prepared(prepared).train)
+    r = scale(
+        {"a": TINY["a"]}, data=prepared, seeds=2, jobs=2, epochs=0.3, batch_size=4, eval_iters=1, patience=0,
+        device="cpu", out=tmp_path, progress=False,
+    )  # fmt: skip
+    assert r == json.loads((tmp_path / "results.json").read_text())
+    assert r["data"] == data_record(None, prepared) and r["data"]["tokenizer"] == "bpe"
+    assert r["vocab_size"] == 300 and r["train_tokens"] == train_tokens and "data_chars" not in r
+    assert r["iters"] == math.ceil(0.3 * train_tokens / (4 * 256)) and r["epochs"] == 0.3 and r["batch_size"] == 4
+    assert r["epochs_per_run"] == pytest.approx(r["iters"] * 4 * 256 / train_tokens)
+    keys = [(run["size"], run["model"], run["seed"]) for run in r["runs"]]
+    assert keys == [("a", m, sd) for m in ("gpt", "bitnet") for sd in (1337, 1338)]
+    for run in r["runs"]:
+        assert run["params"] == count_params(TINY[run["size"]], run["model"], vocab=300)  # the BPE vocabulary
+        assert run["train_config"]["batch_size"] == 4 and run["train_config"]["seed"] == run["seed"]
+        assert run["stopped_step"] == r["iters"]  # patience 0: no early stop
+        assert run["epochs"] == pytest.approx(run["stopped_step"] * 4 * 256 / train_tokens)
+        assert run["overfit"] == (run["final_val"] > run["best_val"] + OVERFIT_MARGIN)
+    gpt_a = [run for run in r["runs"] if run["size"] == "a" and run["model"] == "gpt"]
+    assert gpt_a[0]["history"] != gpt_a[1]["history"]  # two seeds: two different runs
+    for row in r["summary"]:
+        runs = {(run["model"], run["seed"]): run for run in r["runs"] if run["size"] == row["size"]}
+        gaps = [runs["bitnet", s]["best_val"] - runs["gpt", s]["best_val"] for s in (1337, 1338)]
+        assert row["gap"] == pytest.approx(statistics.fmean(gaps)) and row["gap_seeds"] == 2
+        assert row["gap_std"] == pytest.approx(statistics.stdev(gaps))
+        best = [runs["gpt", s]["best_val"] for s in (1337, 1338)]
+        assert row["best_val_gpt"] == pytest.approx(statistics.fmean(best))
+        assert row["best_val_std_gpt"] == pytest.approx(statistics.stdev(best))
+        assert row["epochs_gpt"] == pytest.approx(r["epochs_per_run"]) and row["seeds_bitnet"] == 2
+    table = (tmp_path / "table.md").read_text()
+    assert "| epochs |" in table and " +- " in table
+    with pytest.raises(ValueError, match="other settings.*data"):  # the same folder, another corpus
+        scale(TINY, iters=r["iters"], batch_size=4, eval_iters=1, patience=0, device="cpu", out=tmp_path,
+              resume=True, progress=False)  # fmt: skip
+
+
+def fake_run(size: str, model: str, seed: int, best: float, final: float) -> dict:
+    return {"size": size, "model": model, "seed": seed, "params": 100 if model == "gpt" else 90, "best_val": best,
+            "final_val": final, "best_step": 10, "stopped_early": False, "epochs": 1.5,
+            "overfit": final > best + OVERFIT_MARGIN}  # fmt: skip
+
+
+def test_overfit_runs_are_counted_and_flagged(tmp_path):
+    runs = [
+        fake_run("a", "gpt", 1337, 2.0, 2.0),
+        fake_run("a", "gpt", 1338, 2.2, 2.25),  # overfit: final is 0.05 above best
+        fake_run("a", "bitnet", 1337, 2.1, 2.105),  # within the margin
+        fake_run("a", "bitnet", 1338, 2.4, 2.4),
+    ]
+    (row,) = summarize(runs, {"a": TINY["a"]})
+    assert (row["overfit_gpt"], row["overfit_bitnet"]) == (1, 0)
+    assert row["gap"] == pytest.approx(0.15) and row["gap_std"] == pytest.approx(statistics.stdev([0.1, 0.2]))
+    assert row["final_val_gpt"] == pytest.approx(2.125) and row["epochs_bitnet"] == 1.5
+    results = {"summary": [row], "seeds": 2, "tokens_per_run": 1000, "epochs_per_run": 1.5,
+               "data": {"data": "x", "tokenizer": "bpe"}, "machine": machine_info(torch.device("cpu"))}  # fmt: skip
+    table = markdown_table(results)
+    assert "2.1250 +- 0.1768 **overfit 1/2**" in table and "+0.1500 +- 0.0707" in table and "| 1.5 |" in table
+    png = plot_scale(results, tmp_path / "scale.png").read_bytes()  # error bars and the overfit circle draw
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_old_results_keep_their_table():
+    """Results written before seeds and epochs (babybitnet/results/scale.json) give the table they always gave."""
+    old_row = {"size": "0.2M", **SIZES["0.2M"], "params_gpt": 223489, "best_val_gpt": 1.63744, "best_step_gpt": 2500,
+               "stopped_early_gpt": False, "params_bitnet": 221953, "best_val_bitnet": 1.75138,
+               "best_step_bitnet": 2250, "stopped_early_bitnet": True, "gap": 0.11394,
+               "relative_gap": 0.06958}  # fmt: skip
+    lines = markdown_table({"summary": [old_row]}).splitlines()
+    assert lines[0] == (
+        "| size | layers x heads x width | dropout | params babyGPT | params babyBitNet "
+        "| best val babyGPT | best val babyBitNet | gap | relative gap |"
+    )
+    assert lines[2] == (
+        "| 0.2M | 4 x 4 x 64 | 0 | 223,489 | 221,953 | 1.6374 (step 2500) | 1.7514 (step 2250, stopped early) "
+        "| +0.1139 | +7.0% |"
+    )
+
+
+def test_budget_and_seed_errors(tmp_path):
+    with pytest.raises(ValueError, match="iters or in epochs, not both"):
+        scale(TINY, iters=10, epochs=1.0, device="cpu", out=tmp_path)
+    with pytest.raises(ValueError, match="seeds and batch_size must be >= 1"):
+        scale(TINY, seeds=0, device="cpu", out=tmp_path)
+    with pytest.raises(ValueError, match="dropout must be"):
+        scale(TINY, dropout=1.0, device="cpu", out=tmp_path)
+    with pytest.raises(FileNotFoundError, match="prepared dataset not found"):
+        scale(TINY, data=tmp_path / "nothing", device="cpu", out=tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_data_seeds_and_epochs(prepared, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(SIZES, "tiny", TINY["a"])
+    argv = ["scale", "--sizes", "tiny", "--models", "gpt", "--data", str(prepared), "--seeds", "2", "--epochs", "0.2",
+            "--batch-size", "4", "--eval-iters", "1", "--dropout", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny |" in printed and "2 seed(s)" in printed and "epochs" in printed
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["data"]["data"] == str(prepared) and r["seeds"] == 2 and r["epochs"] == 0.2 and r["batch_size"] == 4
+    assert len(r["runs"]) == 2 and r["sizes"]["tiny"]["dropout"] == 0.0
+    assert r["iters"] == math.ceil(0.2 * r["train_tokens"] / (4 * 256))
+    with pytest.raises(SystemExit):  # one budget, not two
+        main(["scale", "--iters", "5", "--epochs", "1", "--out", str(tmp_path / "x")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one corpus, not two
+        main(["scale", "--text", "t.txt", "--data", str(prepared), "--out", str(tmp_path / "x")])
+    assert main(["scale", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "y")]) == 2
+    assert "prepared dataset not found" in capsys.readouterr().err
+
+
+def test_overfit_needs_an_early_best_and_a_rise():
+    from babybitnet.experiments.scale import overfit
+
+    run = {"iters": 1461, "stopped_step": 1461, "best_val": 4.014, "final_val": 4.036}
+    # the best one step before the end, the final estimate 0.02 above it: two noisy estimates, not overfitting
+    assert not overfit({**run, "best_step": 1460})
+    assert overfit({**run, "best_step": 700})  # the val loss rose for the last half of the run
+    assert not overfit({**run, "best_step": 700, "final_val": 4.02})  # within the margin

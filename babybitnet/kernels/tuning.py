@@ -1,0 +1,219 @@
+"""Pick the fastest kernel per shape ONCE: time the candidates on the GPU, keep the winner, remember it.
+
+Which kernel (and which tile config) is fastest depends on the shape: at batch 1 a GEMV that keeps
+many loads in flight, at batch 256 a tensor-core GEMM with big tiles, and the crossover moves with
+N, K and the GPU. Rules written by hand are right on the machine they were measured on; a tuner
+measures on this one. The first call of a shape on a CUDA GPU times every candidate, keeps the
+fastest and stores it, in memory and in a JSON file (``~/.cache/babybitnet/tuning.json``, or
+``$BABYBITNET_TUNING_CACHE``), so the next process starts tuned.
+
+The key is (kernel, N, K, M bucket, device name). Tokens are bucketed (:data:`M_BUCKETS`: 1, 2-4,
+5-8, ..., 129-256, >256), each bucket timed at its largest M: a decode step at 3 tokens and one
+at 4 share the choice, and which M came first does not matter.
+
+Timing (:func:`cuda_graph_us`): CUDA-graph replays, so that Python and launch overheads are not
+measured (in a model the layer runs inside a graph, or after other kernels keep the GPU busy),
+with the L2 cache flushed before every call, so that the weights come from memory as in a model
+whose layers together are far larger than the cache.
+
+No tuning where timing would mislead or break things: in Triton's interpreter and on the CPU
+(a fixed default: tests stay deterministic), while a CUDA graph is being captured (the cached
+choice, else the default: timing needs synchronization, which capture forbids), or with
+``BABYBITNET_TUNE=0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from babybitnet.atomic import write_json
+
+M_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)  # upper edges: 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256
+VERSION = 2  # of the candidates' code: a new version ignores the entries of older files
+Timer = Callable[[str, Callable[[], object]], float]  # (candidate's name, its call) -> microseconds per call
+
+
+def m_bucket(m: int) -> str:
+    """The bucket of ``m`` tokens: '1', '2-4', '5-8', ..., '129-256', '>256'."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"the number of tokens must be an int >= 1, got {m!r}")
+    low = 1
+    for edge in M_BUCKETS:
+        if m <= edge:
+            return str(edge) if low == edge else f"{low}-{edge}"
+        low = edge + 1
+    return f">{M_BUCKETS[-1]}"
+
+
+def bucket_m(m: int) -> int:
+    """The M that :func:`m_bucket`'s bucket of ``m`` is timed at: its upper edge (past the last: m itself)."""
+    m_bucket(m)  # validates
+    return next((edge for edge in M_BUCKETS if m <= edge), m)
+
+
+def tuning_key(kernel: str, n: int, k: int, m: int, device: str) -> str:
+    """The cache key: 'kernel|N=..|K=..|M=bucket|device name'."""
+    return f"{kernel}|N={n}|K={k}|M={m_bucket(m)}|{device}"
+
+
+def default_path() -> Path:
+    """Where the choices are stored: ``$BABYBITNET_TUNING_CACHE``, else ``~/.cache/babybitnet/tuning.json``."""
+    env = os.environ.get("BABYBITNET_TUNING_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "babybitnet" / "tuning.json"
+
+
+def tuning_enabled() -> bool:
+    """False if ``BABYBITNET_TUNE=0``: then every shape takes the fixed default."""
+    return os.environ.get("BABYBITNET_TUNE", "1") != "0"
+
+
+# ---------------------------------------------------------------- timing
+def cuda_graph_us(fn: Callable[[], object], calls: int = 8, repeats: int = 5) -> float:
+    """GPU microseconds of one ``fn()`` with a cold L2 cache, from CUDA-graph replays timed with CUDA events.
+
+    One graph records ``calls`` times (flush the L2, fn), a second one the flushes alone; the
+    difference of their median replay times, per call, is fn's. ``fn`` must be capturable (no
+    synchronization); it runs twice first, outside the graphs (Triton compiles there).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 * 2**20)
+    flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+    graphs = []
+    for with_fn in (True, False):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                flush.zero_()
+                if with_fn:
+                    fn()
+        graphs.append(g)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    medians = []
+    for g in graphs:
+        g.replay()
+        times = []
+        for _ in range(repeats):
+            start.record()
+            g.replay()
+            end.record()
+            end.synchronize()
+            times.append(1e3 * start.elapsed_time(end) / calls)
+        medians.append(statistics.median(times))
+    return max(medians[0] - medians[1], 1e-3)
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Whether a candidate's output matches the default's up to bf16 rounding (relative norm < 1e-2)."""
+    if y.shape != ref.shape:
+        return False
+    y, ref = y.double(), ref.double()
+    return bool(torch.isfinite(y).all()) and float((y - ref).norm()) <= 1e-2 * float(ref.norm()) + 1e-6
+
+
+# ---------------------------------------------------------------- the tuner
+class Tuner:
+    """Choices per key, in memory and in a JSON file: ``choose`` times the candidates the first time.
+
+    ``timer`` measures one candidate (default :func:`cuda_graph_us`); tests pass a fake one.
+    """
+
+    def __init__(self, path: str | Path | None = None, timer: Timer | None = None) -> None:
+        self.path = Path(path) if path is not None else None  # None: default_path() when first needed
+        self.timer = timer or (lambda name, fn: cuda_graph_us(fn))
+        self.choices: dict[str, str] = {}
+        self.timings: dict[str, dict[str, float]] = {}  # key -> candidate -> µs, of the tunings of this process
+        self._loaded = False
+
+    def file(self) -> Path:
+        """The JSON file of this tuner."""
+        return self.path if self.path is not None else default_path()
+
+    def _read(self) -> dict:
+        """The file's entries of this :data:`VERSION` ({} if none, unreadable or older)."""
+        try:
+            data = json.loads(self.file().read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            warnings.warn(f"ignoring the tuning cache {self.file()}: {e}", stacklevel=3)
+            return {}
+        if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
+            return {}
+        return data["entries"]
+
+    def load(self) -> None:
+        """Read the file's choices into memory (once; the choices of this process win)."""
+        if not self._loaded:
+            self._loaded = True
+            for key, entry in self._read().items():
+                if isinstance(entry, dict) and isinstance(entry.get("choice"), str):
+                    self.choices.setdefault(key, entry["choice"])
+
+    def lookup(self, key: str) -> str | None:
+        """The stored choice for ``key``, or None."""
+        self.load()
+        return self.choices.get(key)
+
+    def choose(self, key: str, candidates: dict[str, Callable[[], torch.Tensor]], default: str, tune: bool) -> str:
+        """The candidate to run for ``key``: the stored choice if it is still a candidate; else, if
+        ``tune``, the fastest of ``candidates`` (timed now, then stored); else ``default``."""
+        if default not in candidates:
+            raise ValueError(f"the default {default!r} is not one of the candidates {sorted(candidates)}")
+        known = self.lookup(key)
+        if known in candidates:
+            return known
+        if not tune:
+            return default
+        return self.tune(key, candidates, default)
+
+    def tune(self, key: str, candidates: dict[str, Callable[[], torch.Tensor]], default: str) -> str:
+        """Time every candidate, keep the fastest for ``key`` (memory and file) and return it.
+
+        A candidate that raises (a tile config too big for this GPU's shared memory) or whose
+        output differs from the default's is skipped with a warning.
+        """
+        ref = candidates[default]()
+        us: dict[str, float] = {}
+        for name, fn in candidates.items():
+            try:
+                if name != default and not _close(fn(), ref):
+                    warnings.warn(f"tuning {key}: {name} gives a wrong result, skipped", stacklevel=2)
+                    continue
+                us[name] = float(self.timer(name, fn))
+            except Exception as e:  # noqa: BLE001 -- any failure of one candidate: try the others
+                if name == default:
+                    raise
+                warnings.warn(f"tuning {key}: {name} failed ({type(e).__name__}: {e}), skipped", stacklevel=2)
+        best = min(us, key=us.get)
+        self.choices[key], self.timings[key] = best, us
+        self.save(key, best, us)
+        return best
+
+    def save(self, key: str, choice: str, us: dict[str, float]) -> None:
+        """Add one entry to the file, atomically, keeping the entries other processes wrote meanwhile."""
+        entries = self._read()
+        entries[key] = {"choice": choice, "us": {name: round(t, 3) for name, t in us.items()}}
+        try:
+            write_json(self.file(), {"version": VERSION, "entries": dict(sorted(entries.items()))})
+        except OSError as e:  # a read-only home: the choice still holds for this process
+            warnings.warn(f"could not write the tuning cache {self.file()}: {e}", stacklevel=2)
+
+    def forget(self, prefix: str = "") -> None:
+        """Drop the choices whose key starts with ``prefix`` (all by default) from memory and file: re-tune them."""
+        self.load()
+        self.choices = {k: v for k, v in self.choices.items() if not k.startswith(prefix)}
+        entries = {k: v for k, v in self._read().items() if not k.startswith(prefix)}
+        if self.file().exists():
+            write_json(self.file(), {"version": VERSION, "entries": entries})
