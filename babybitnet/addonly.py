@@ -43,8 +43,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from babybitnet.kernels.cpu import ext_matmul_packed, load_extension
-from babybitnet.packing import check_packed_matmul, check_ternary
+from babybitnet.kernels.cpu import ext_linear, ext_matmul_packed, load_extension
+from babybitnet.packing import check_packed_2bit, check_packed_matmul, check_ternary
 from babybitnet.quant import check_int8_activations, quantize_activations, row_scales
 
 CODE_MINUS, CODE_ZERO, CODE_PLUS = 0b00, 0b01, 0b10  # code = w + 1
@@ -209,12 +209,21 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, k: i
     ``quantize_activations`` gives int8 values and a scale per token; the matmul only adds and
     subtracts; the single multiplication per output is the rescale ``acc / (s_x * s_w)``. Same
     numbers as :func:`babybitnet.bitlinear.int_linear` with the unpacked weights.
+
+    float32 on the CPU with the C++ kernel loaded: all three steps in one C++ call
+    (:func:`babybitnet.kernels.cpu.ext_linear`), bit for bit the torch steps below. At babyGPT's size
+    those dozen small tensor ops (each a dispatch and an allocation) take far longer than the matmul.
     """
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor (..., K), got {x.dtype}")
     if x.shape[-1] != k:
         raise ValueError(f"K mismatch: x has K={x.shape[-1]} features but the packed weights have k={k}")
     n = packed.shape[0]
+    if x.dtype == torch.float32 and x.device.type == "cpu" and load_extension() is not None:
+        check_packed_2bit(packed, k)
+        if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
+            raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
+        return ext_linear(x, packed, s_w.to(torch.float32))
     scales = row_scales(s_w, n, x.dtype)
     x_i, s_x = quantize_activations(x)  # integers in [-127, 127] as floats, (..., 1)
     acc = matmul_packed(x_i.reshape(-1, k).to(torch.int8), packed, k)  # (M, N) int32, exact

@@ -417,9 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = save_checkpoint(out, model, tok, meta)
     write_json(summary_path(path), {**meta, "params": r["params"], "history": r["history"]})
     steady = "" if r["ms_per_step_steady"] is None else f", {r['ms_per_step_steady']:.1f} ms per step"
-    print(
-        f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f}){steady}"
-    )
+    print(f"{args.model}: {r['params']:,} parameters, val loss {r['final_val']:.4f} (best {r['best_val']:.4f}){steady}")
     print(f"wrote {path} and {summary_path(path)}")
     runtime.cleanup_distributed()
     return 0
@@ -593,6 +591,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     _add_repeats(p, 3, "interleaved timed rounds per model (median reported)")
     _add_compile(p, "off; on CUDA it fuses the graph-captured decode step, about a minute to compile")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads for both models (default: torch's, all cores)"
+    )
     _add_json_out(p, "runs/bench_generate.json")
 
 
@@ -682,6 +683,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         dtype=dtype,
         repeats=args.repeats,
         compile=bool(args.compile),
+        threads=args.threads,
     )
     print(generate_table(r))
     write_results(args.out, r)

@@ -17,6 +17,7 @@ in the paper; at babyGPT's tiny size they are a large share of the file.
 from __future__ import annotations
 
 import copy
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from babybitnet.gpt import GPT
 from babybitnet.kernels.cpu import load_extension
 from babybitnet.kernels.dispatch import packed_linear as gpu_packed_linear
 from babybitnet.packing import ZERO_BYTE, check_format, pack, packed_shape, unpack
+from babybitnet.quant import EPS
 
 
 class PackedBitLinear(nn.Module):
@@ -108,10 +110,13 @@ class PackedBitLinear(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
+        ext = load_extension() if x.device.type == "cpu" else None
         if x.is_cuda and self.fmt == "2bit" and self.act_bits == 8 and _triton_available():
             y = self._gpu_linear(x)
-        elif self.fmt == "2bit" and self.act_bits == 8 and x.device.type == "cpu" and load_extension() is not None:
+        elif ext is not None and self.fmt == "2bit" and self.act_bits == 8:
             # on the CPU the add-only C++ kernel (lesson 12) reads the packed bytes: int8 sums, one rescale
+            if x.dtype == torch.float32 and self.scale.dtype == torch.float32:
+                return self._cpu_linear(ext, x)
             y = packed_linear(x, self.packed, self.scale, self.in_features)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
@@ -121,14 +126,28 @@ class PackedBitLinear(nn.Module):
             y = int_linear(x, w_t.reshape(self.out_features, self.in_features), self.scale, self.act_bits)
         return y if self.bias is None else y + self.bias
 
+    def _cpu_linear(self, ext: ModuleType, x: torch.Tensor) -> torch.Tensor:
+        """float32 on the CPU: quantize, add-only GEMV, rescale and bias in one C++ call (as ``cpu.ext_linear``).
+
+        At decode a layer of babyGPT's size is a few microseconds of arithmetic, so the dozen tensor ops
+        of ``packed_linear``'s torch steps (and their checks) would cost more than the matmul: here the
+        shapes were checked at construction and the C++ side does the rest, bit for bit the same numbers.
+        """
+        bias = self.bias
+        if bias is not None and (bias.dtype != torch.float32 or (bias.requires_grad and torch.is_grad_enabled())):
+            bias, extra = None, bias  # added by torch below, so that autograd sees the bias
+        else:
+            extra = None
+        y = ext.ternary_linear(x, self.packed, self.scale, bias, EPS)
+        return y if extra is None else y + extra
+
     def _gpu_linear(self, x: torch.Tensor) -> torch.Tensor:
         """On a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13).
 
-        ``babybitnet.kernels.dispatch.packed_linear`` picks it: with whole 16-weight words (every
-        preset) the quantizer kernel then the dp4a GEMV, or at decode (<= 16 tokens) with short rows
-        (K <= 2048) one kernel for both: every program quantizes the activations itself, which beats a
-        second launch for short rows and loses to it for long ones (`bench kernel` on an H200, batch 1:
-        7.4 vs 7.5 µs at 2560 x 2560, 20.3 vs 15.1 µs at 8192 x 8192). Any other K: the first kernel.
+        ``babybitnet.kernels.dispatch.packed_linear`` picks it per shape (N, K, range of batch sizes):
+        the first call times every candidate (the one-launch dp4a GEMV, quantizer + dp4a GEMV, the
+        int8 tensor-core GEMM, cuBLAS on weights unpacked on the fly) and keeps the fastest, in
+        memory and in ``~/.cache/babybitnet/tuning.json`` (:mod:`babybitnet.kernels.tuning`).
         """
         y = gpu_packed_linear(x.reshape(-1, self.in_features), self.packed, self.scale, self.in_features)
         return y.reshape(*x.shape[:-1], self.out_features)

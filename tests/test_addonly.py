@@ -185,6 +185,80 @@ def test_packed_linear_matches_int_linear(monkeypatch, groups, no_ext):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+# ---------------------------------------------------------------- the layer in one C++ call
+def linear_case(m: int, n: int, k: int, groups: int, seed: int):
+    """Float activations (m, k), ternary int8 weights (n, k) with ``groups`` scales of different sizes, a bias."""
+    g = torch.Generator().manual_seed(seed)
+    w_t, s_w = ternarize(torch.randn(n, k, generator=g) * (0.5 + torch.rand(n, 1, generator=g)), groups)
+    return torch.randn(m, k, generator=g) * 3, w_t.to(torch.int8), s_w, torch.randn(n, generator=g)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 32])
+@pytest.mark.parametrize("k", [1, 5, 64, 65, 128, 129, 192, 200, 384])
+def test_ext_linear_is_int_linear_bit_for_bit(ext, m, k):
+    """Quantize, add-only GEMV, rescale and bias in one C++ call: int_linear's very floats, not just close ones.
+
+    k = 64, 129, 192 end in a block with at most 64 inputs, which the kernel runs two tokens at a time (m = 3:
+    a pair, then a lone token); n = 14 leaves a partial tile of 4 rows.
+    """
+    n = 14
+    x, w_t, s_w, bias = linear_case(m, n, k, groups=2, seed=100 * m + k)
+    packed = pack_2bit(w_t)
+    want = int_linear(x, w_t, s_w)
+    assert torch.equal(cpu.ext_linear(x, packed, s_w), want)
+    assert torch.equal(cpu.ext_linear(x, packed, s_w, bias), want + bias)
+    assert torch.equal(A.packed_linear(x, packed, s_w, k), want)
+    got = cpu.ext_linear(x.reshape(1, m, 1, k), packed, s_w)  # leading dimensions are kept
+    assert got.shape == (1, m, 1, n) and torch.equal(got.reshape(m, n), want)
+
+
+def test_ext_linear_rounds_ties_to_even_and_keeps_nan(ext):
+    """A row whose largest |x| is 127 has s_x = 1 exactly, so x = 0.5, 1.5, 2.5 are ties: torch.round sends
+    them to the even neighbour, and so must the kernel. A row with a NaN or an inf is NaN throughout, as in
+    int_linear (NaN times a zero weight is still NaN); an all-zero row gives zeros, and a row below the
+    quantizer's eps (1e-5, compared in float32) its own tiny numbers."""
+    k = 40
+    x = torch.randn(5, k)
+    x[0] = torch.arange(k) - 19.5  # halves: every one a tie
+    x[0, 0] = 127.0
+    x[1, 5] = float("nan")
+    x[2, 3] = float("inf")
+    x[3] = 0.0
+    x[4] *= 1e-7
+    w_t, s_w = ternarize(torch.randn(8, k))
+    w_t = w_t.to(torch.int8)
+    want, got = int_linear(x, w_t, s_w), cpu.ext_linear(x, pack_2bit(w_t), s_w)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[3], torch.zeros(8)) and torch.equal(got[4], want[4])
+    assert got[1:3].isnan().all() and want[1:3].isnan().all()
+
+
+def test_ext_linear_obeys_thread_count(ext):
+    """Enough work (5 x 203 x 1000) for at::parallel_for to split the rows: any split gives the same floats."""
+    x, w_t, s_w, _ = linear_case(5, 203, 1000, groups=7, seed=9)
+    packed, old = pack_2bit(w_t), torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(cpu.ext_linear(x, packed, s_w))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(results[0], int_linear(x, w_t, s_w)) and torch.equal(results[1], results[0])
+
+
+def test_ext_linear_refuses_wrong_shapes(ext):
+    x, w_t, s_w, bias = linear_case(2, 8, 20, groups=1, seed=3)
+    packed = pack_2bit(w_t)
+    with pytest.raises(RuntimeError, match="K=21"):
+        cpu.ext_linear(torch.randn(2, 21), packed, s_w)
+    with pytest.raises(RuntimeError, match="groups"):
+        cpu.ext_linear(x, packed, torch.ones(3))
+    with pytest.raises(RuntimeError, match="bias"):
+        cpu.ext_linear(x, packed, s_w, bias[:5])
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu.ext_linear(x.double(), packed, s_w)
+
+
 def test_row_scales_follow_groups():
     s_w = torch.tensor([1.0, 2.0, 3.0])
     assert A.row_scales(s_w, 6).tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -75,6 +76,88 @@ def test_packed_bitlinear_with_bias_and_shape_error():
         packed(torch.randn(3, 21))
     with pytest.raises(ValueError, match="expects a BitLinear"):
         PackedBitLinear.from_bitlinear(torch.nn.Linear(4, 4))
+
+
+class CallCounter:
+    """Stands for the compiled extension: forwards every call and records its name."""
+
+    def __init__(self, ext):
+        self.ext, self.calls = ext, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.ext, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return fn(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_bitlinear_on_the_cpu_is_one_kernel_call_and_bit_exact(monkeypatch, bias):
+    """float32 on the CPU: quantize, add-only sums, rescale and bias in one C++ call, the eval BitLinear's floats."""
+    from babybitnet.kernels import cpu
+
+    ext = cpu.load_extension()
+    if ext is None:
+        pytest.skip("C++ extension unavailable")
+    torch.manual_seed(1)
+    layer = BitLinear(130, 48, bias=bias, norm=True, weight_groups=3).eval()
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 2.0)
+        if bias:
+            layer.bias.normal_()
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    counter = CallCounter(ext)
+    monkeypatch.setattr(cpu, "_ext", counter)
+    x = torch.randn(2, 7, 130) * 3
+    with torch.no_grad():
+        got, want = packed(x), layer(x)
+    assert counter.calls == ["ternary_linear"]
+    assert torch.equal(got, want)
+    if bias:  # with gradients on, the bias is added by torch, so that it gets its gradient
+        y = packed(x)
+        y.sum().backward()
+        assert torch.equal(y.detach(), want) and torch.equal(packed.bias.grad, torch.full((48,), 14.0))
+
+
+def test_packed_bitlinear_in_bfloat16_or_without_the_extension(monkeypatch):
+    """Other dtypes take the torch steps around the kernel; without the extension, unpack + int_linear."""
+    from babybitnet.kernels import cpu
+
+    torch.manual_seed(2)
+    layer = BitLinear(64, 24, bias=True).eval()
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = layer(x)
+        half = copy.deepcopy(packed).to(torch.bfloat16)
+        torch.testing.assert_close(half(x.bfloat16()).float(), want, rtol=0.05, atol=0.05)
+        monkeypatch.setenv(cpu.NO_EXT_ENV, "1")
+        assert torch.equal(packed(x), want)
+
+
+def test_seed_sized_packed_model_generates_the_same_tokens_past_block_size():
+    """The seed's shapes (K = 64 and 256, 32-token windows once past block_size): the same greedy tokens."""
+    model = tiny_bitnet(n_layer=2, n_embd=64, n_head=4, block_size=32)
+    packed = pack_model(model, "2bit")
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    out = packed.generate(prompt, 40, temperature=0)
+    assert out.shape == (1, 46) and torch.equal(out, model.generate(prompt, 40, temperature=0))
+
+
+def test_bench_generate_sets_and_restores_threads():
+    from babybitnet.experiments.bench import bench_generate
+    from babybitnet.kernels import cpu
+
+    old = torch.get_num_threads()
+    r = bench_generate("quick", tokens=3, device="cpu", dtype=torch.float32, repeats=1, threads=1)
+    assert r["threads"] == 1 and r["machine"]["torch_threads"] == 1 and torch.get_num_threads() == old
+    assert r["same_tokens"] is True
+    assert r["kernel"].startswith("C++ add-only kernel" if cpu.load_extension() is not None else "int_linear")
+    with pytest.raises(ValueError, match="threads"):
+        bench_generate("quick", tokens=3, device="cpu", threads=0)
 
 
 # ---------------------------------------------------------------- a packed model

@@ -113,6 +113,7 @@ def bench_generate(
     dtype: torch.dtype | str = torch.bfloat16,
     repeats: int = 3,
     compile: bool = False,
+    threads: int | None = None,
 ) -> dict:
     """Tokens per second of greedy generation, batch 1, with the KV cache: babyGPT, babyBitNet, packed babyBitNet.
 
@@ -120,21 +121,38 @@ def bench_generate(
     depend on the weights' values. All three are cast to ``dtype`` (``model.to(dtype)``, as for
     inference); the babyBitNet is packed (2 bits) after the cast, so both babyBitNets hold
     the same ternary weights and scales. On a CUDA GPU the packed layers run the Triton kernel
-    of lesson 13; elsewhere they unpack and multiply in float (``int_linear``).
+    of lesson 13; on the CPU the add-only C++ kernel of lesson 12 (in float32: quantization, sums
+    and rescale in one C++ call per layer), or, where it cannot be built, unpack and multiply in
+    float (``int_linear``). babyGPT runs PyTorch's float matmuls (MKL/oneDNN) in the same process.
 
     One warm-up generation each, then ``repeats`` interleaved rounds; we report the median
     round. A round is one ``generate`` call: the prompt's prefill and ``tokens`` steps.
     Past ``block_size`` tokens generation drops the cache (see ``GPT.generate``):
-    ``tokens_with_cache`` says how many steps had it.
+    ``tokens_with_cache`` says how many steps had it. ``threads``: torch's CPU threads for the
+    run, the same for every model (None: leave torch's setting); the old value comes back after.
     """
-    from babybitnet.packed import PackedBitLinear, _triton_available, pack_model
-    from babybitnet.presets import build_model
-    from babybitnet.runtime import resolve_device
-
     dev = resolve_device(device)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if tokens < 1 or repeats < 1:
         raise ValueError(f"tokens and repeats must be at least 1, got {tokens} and {repeats}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be None (torch's setting) or an int >= 1, got {threads!r}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench_generate(preset, tokens, prompt, dev, dtype, repeats, compile)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _bench_generate(
+    preset: str, tokens: int, prompt: str, dev: torch.device, dtype: torch.dtype, repeats: int, compile: bool
+) -> dict:
+    """:func:`bench_generate` once the threads are set."""
+    from babybitnet.kernels.cpu import load_extension
+    from babybitnet.packed import _triton_available
+
     tok = CharTokenizer.from_text(load_text())
     idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=dev)
     if idx.shape[1] == 0:
@@ -147,6 +165,9 @@ def bench_generate(
     layers = [m for m in models["bitnet_packed"].modules() if isinstance(m, PackedBitLinear)]
     if dev.type == "cuda" and _triton_available():
         kernel = "triton dp4a" if all(m.in_features % 16 == 0 for m in layers) else "triton (dp4a and gemv)"
+    elif dev.type == "cpu" and load_extension() is not None:
+        fused = ", quantize + sums + rescale in one call" if dtype == torch.float32 else ""
+        kernel = f"C++ add-only kernel ({'AVX2' if load_extension().has_avx2() else 'portable'}{fused})"
     else:
         kernel = "int_linear (unpack, then a float matmul)"
 
@@ -188,6 +209,7 @@ def bench_generate(
         )
         + (", torch.compile" if compile else ""),
         "compile": compile,
+        "threads": torch.get_num_threads(),
         "batch": 1,
         "prompt": prompt,
         "tokens": tokens,

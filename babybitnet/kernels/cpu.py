@@ -3,7 +3,9 @@
 ``csrc/ternary_gemv.cpp`` is built on first use by ``torch.utils.cpp_extension`` and cached per
 torch version, CPU model (it is compiled with ``-march=native``), source and flags. Where it cannot
 be built (no compiler, no ninja) :func:`load_extension` warns once and returns None, and callers use
-the pure-torch versions of :mod:`babybitnet.addonly`.
+the pure-torch versions of :mod:`babybitnet.addonly`. Two entry points: :func:`ext_matmul_packed` (int8
+activations in, exact int32 sums out) and :func:`ext_linear` (the whole float32 inference layer in one call:
+quantize each token, add, rescale, + bias), which ``PackedBitLinear`` runs on the CPU.
 
 A build killed half way (Ctrl-C twice, SIGKILL, a closed laptop) leaves torch's lock file
 (``lock``, a ``FileBaton``) in the build directory, and torch then waits for it forever in every
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from babybitnet.packing import check_packed_matmul
+from babybitnet.quant import EPS
 
 NO_EXT_ENV = "BABYBITNET_NO_EXT"  # set to 1 to never build or use the C++ kernel
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "ternary_gemv.cpp"
@@ -67,7 +70,8 @@ def _build_directory() -> Path:
 def _compile_flags() -> list[str]:
     if sys.platform == "win32":
         return ["/O2"]  # MSVC: the portable scalar path (no __AVX2__ unless /arch:AVX2)
-    flags = ["-O3", "-march=native"]
+    # -ffp-contract=off: no fused multiply-add, so that ternary_linear's float steps round exactly as torch's ops do
+    flags = ["-O3", "-march=native", "-ffp-contract=off"]
     # at::parallel_for's OpenMP backend is header code (#pragma omp parallel): without -fopenmp it runs on one thread
     if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
         flags.append("-fopenmp")
@@ -168,3 +172,19 @@ def ext_matmul_packed(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.
         x_q = F.pad(x_q, (0, 4 * packed.shape[1] - k))  # the kernel wants K_pad = 4 * bytes per row; zeros add nothing
     # the kernel itself rejects -128 (ValueError): it negates int8 values, and -(-128) does not fit in int8
     return ext.ternary_matmul_packed(x_q, packed)
+
+
+def ext_linear(
+    x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BitLinear inference in one C++ call: float32 (..., K), uint8 (N, ceil(K/4)), s_w float32 (G,) -> (..., N).
+
+    Quantizes each token (absmax, 8 bits), runs the add-only GEMV and rescales (+ ``bias`` (N,)), bit for bit
+    :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. No Python checks: this is the hot path
+    of ``PackedBitLinear`` on the CPU, which checks its shapes once at construction (the C++ side still refuses
+    wrong shapes and dtypes, with a RuntimeError). Raises RuntimeError if the extension is unavailable.
+    """
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError(f"the C++ kernel is unavailable ({NO_EXT_ENV} is set or it failed to build)")
+    return ext.ternary_linear(x, packed, s_w, bias, EPS)

@@ -25,12 +25,23 @@
 // widening to int16 with shifts (and flushing int16 sums into int32 ones) takes 5 or more.
 //
 // Portable path (no AVX2): plain loops over the packed bytes, the same arithmetic, int32 sums.
+//
+// ternary_linear is the whole inference layer in one call (what babybitnet.addonly.packed_linear
+// computes with a dozen torch ops): per-token absmax quantization of float32 activations, written
+// straight into the plane layout, the add-only GEMV, and the one rescale per output (+ bias). At
+// babyGPT's size a token's matmul takes microseconds, so a dozen tensor ops around it (each a
+// dispatch and an allocation) cost more than the matmul itself. The float steps are the very same
+// IEEE operations, in the same order, as quant.quantize_activations and bitlinear.int_linear, so the
+// results are bit for bit the same (the build uses -ffp-contract=off: no fused multiply-add).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #ifdef __AVX2__
@@ -44,6 +55,16 @@ constexpr int64_t kBlockBytes = 32;   // packed bytes per block (4 inputs a byte
 constexpr int64_t kPlane = 32;        // inputs per plane (one byte lane each)
 constexpr int64_t kBias = 128;        // added to every signed byte to make it unsigned for psadbw
 constexpr int64_t kGrain = 16;        // rows per parallel task, at least
+// Work (weights x tokens) per parallel task, at least: about 10 µs of one core. Below it, waking a second
+// thread costs more than it saves (at babyGPT's size a whole layer is a few µs), and on a busy machine a
+// parallel region waits for a thread the OS has not scheduled yet.
+constexpr int64_t kMinTaskWork = 1 << 18;
+
+// Rows per parallel task for an (M tokens, K inputs) problem.
+inline int64_t row_grain(int64_t M, int64_t K) {
+  const int64_t per_row = std::max<int64_t>(1, M * K);
+  return std::max<int64_t>(kGrain, (kMinTaskWork + per_row - 1) / per_row);
+}
 
 #ifdef __AVX2__
 
@@ -71,23 +92,32 @@ inline void decode_block(__m256i bytes, __m256i w[4]) {
   }
 }
 
-// acc64 += the sum of x_k selected/negated by w_k over the 4 planes of one block, plus 128 per input.
-inline __m256i block_step(__m256i acc64, const int8_t* xb, const __m256i w[4]) {
+// acc64 += the sum over the 4 planes of sign(x_k, w_k) + 128: 4 lanes of 64-bit sums (psadbw adds 8 bytes a lane).
+inline __m256i plane_sums(__m256i acc64, const __m256i x[4], const __m256i* w) {
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i zero = _mm256_setzero_si256();
   for (int k = 0; k < 4; ++k) {
-    const __m256i xk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k * kPlane));
-    const __m256i u = _mm256_xor_si256(_mm256_sign_epi8(xk, w[k]), bias);  // p + 128 as unsigned bytes
-    acc64 = _mm256_add_epi64(acc64, _mm256_sad_epu8(u, zero));            // 4 lanes of 8-byte sums
+    const __m256i u = _mm256_xor_si256(_mm256_sign_epi8(x[k], w[k]), bias);  // p + 128 as unsigned bytes
+    acc64 = _mm256_add_epi64(acc64, _mm256_sad_epu8(u, zero));
   }
   return acc64;
 }
 
-// The dot product: the 4 lanes of acc64, less the bias of the n_inputs (padding included) it summed.
-inline int32_t finish(__m256i acc64, int64_t n_inputs) {
-  alignas(32) int64_t lanes[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc64);
-  return static_cast<int32_t>(lanes[0] + lanes[1] + lanes[2] + lanes[3] - kBias * n_inputs);
+inline void load_planes(const int8_t* xb, __m256i x[4]) {
+  for (int k = 0; k < 4; ++k) x[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k * kPlane));
+}
+
+// Four accumulators -> their four dot products (int32), less the bias of the n_inputs (padding included) each
+// summed. Every lane holds less than 2^32 and the true results fit in int32, so 32-bit arithmetic (mod 2^32)
+// gives them exactly.
+inline __m128i finish4(__m256i a, __m256i b, __m256i c, __m256i d, int64_t n_inputs) {
+  const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));  // a01 b01 a23 b23
+  const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(c, d), _mm256_unpackhi_epi64(c, d));  // c01 d01 c23 d23
+  const __m256i sums = _mm256_add_epi64(_mm256_permute2x128_si256(ab, cd, 0x20),
+                                        _mm256_permute2x128_si256(ab, cd, 0x31));  // a b c d (int64)
+  const __m256i low32 = _mm256_permutevar8x32_epi32(sums, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+  const int32_t bias = static_cast<int32_t>(static_cast<uint32_t>(kBias * n_inputs));
+  return _mm_sub_epi32(_mm256_castsi256_si128(low32), _mm_set1_epi32(bias));
 }
 
 // The 32 packed bytes of block b of a row; the last block may be partial: pad it with 0x55 (zeros).
@@ -101,29 +131,81 @@ inline __m256i load_block(const uint8_t* row, int64_t KB, int64_t b) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
 }
 
+constexpr int kRows = 4;  // rows per tile: one load of x serves 4 rows, one reduction finishes 4 dot products
+
+// Rows n0..n1-1 of out (M, N) = x_perm (M, Kp, plane layout) times the packed rows.
+//
+// Tiles of 4 rows: their weights are decoded once into w (plane layout), then reused by every token.
+// A "half tail": when the last block holds at most 64 real inputs (16 packed bytes, e.g. K = 64), the
+// high half of its registers is padding. We then copy the low half of its weights into the high half and,
+// for two tokens at a time, load token m's 64 inputs into the low half and token m+1's into the high
+// half: one pass does both (psadbw lanes 0-1 are token m's, 2-3 token m+1's). A lone token still gets the
+// right sum: its high half holds zeros, which add nothing but the bias.
 void rows_avx2(const int8_t* x_perm, int64_t M, int64_t Kp, const uint8_t* packed, int64_t KB, int32_t* out,
                int64_t N, int64_t n0, int64_t n1) {
   const int64_t nblocks = Kp / kBlock;
-  // M > 1: decode a row once into this buffer (plane layout, like x_perm), then reuse it for every token
-  std::vector<__m256i> wrow(M > 1 ? static_cast<size_t>(nblocks * 4) : 0);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = packed + n * KB;
-    if (M == 1) {  // decode and use straight away: the weights are read once anyway
-      __m256i acc = _mm256_setzero_si256();
+  const bool half_tail = KB - (nblocks - 1) * kBlockBytes <= kBlockBytes / 2;
+  const int64_t tail_off = (nblocks - 1) * kBlock;
+  const __m256i zero = _mm256_setzero_si256();
+  std::vector<__m256i> w(static_cast<size_t>(kRows * nblocks * 4));
+  alignas(16) int32_t res[kRows];
+  for (int64_t n = n0; n < n1; n += kRows) {
+    const int R = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
+    for (int r = 0; r < kRows; ++r) {
+      __m256i* wr = &w[static_cast<size_t>(r * nblocks * 4)];
       for (int64_t b = 0; b < nblocks; ++b) {
-        __m256i w[4];
-        decode_block(load_block(row, KB, b), w);
-        acc = block_step(acc, x_perm + b * kBlock, w);
+        if (r >= R) {  // past the last row: zero weights, results thrown away
+          for (int k = 0; k < 4; ++k) wr[b * 4 + k] = zero;
+          continue;
+        }
+        __m256i bytes = load_block(packed + (n + r) * KB, KB, b);
+        if (half_tail && b == nblocks - 1) bytes = _mm256_permute2x128_si256(bytes, bytes, 0x00);
+        decode_block(bytes, &wr[b * 4]);
       }
-      out[n] = finish(acc, Kp);
-      continue;
     }
-    for (int64_t b = 0; b < nblocks; ++b) decode_block(load_block(row, KB, b), &wrow[b * 4]);
-    for (int64_t m = 0; m < M; ++m) {
+    auto store = [&](int64_t m, __m128i v) {
+      if (R == kRows) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + m * N + n), v);
+      } else {
+        _mm_store_si128(reinterpret_cast<__m128i*>(res), v);
+        for (int r = 0; r < R; ++r) out[m * N + n + r] = res[r];
+      }
+    };
+    int64_t m = 0;
+    if (half_tail) {
+      for (; m + 1 < M; m += 2) {  // two tokens: the tail block of both in one pass, then their full blocks
+        const int8_t* x0 = x_perm + m * Kp;
+        const int8_t* x1 = x0 + Kp;
+        __m256i x[4], a0[kRows], a1[kRows];
+        for (int k = 0; k < 4; ++k) {
+          x[k] = _mm256_inserti128_si256(
+              _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x0 + tail_off + k * kPlane))),
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(x1 + tail_off + k * kPlane)), 1);
+        }
+        for (int r = 0; r < kRows; ++r) {
+          const __m256i t = plane_sums(zero, x, &w[static_cast<size_t>((r * nblocks + nblocks - 1) * 4)]);
+          a0[r] = _mm256_blend_epi32(t, zero, 0xF0);  // lanes 0-1: token m
+          a1[r] = _mm256_blend_epi32(t, zero, 0x0F);  // lanes 2-3: token m+1
+        }
+        for (int64_t b = 0; b + 1 < nblocks; ++b) {
+          load_planes(x0 + b * kBlock, x);
+          for (int r = 0; r < kRows; ++r) a0[r] = plane_sums(a0[r], x, &w[static_cast<size_t>((r * nblocks + b) * 4)]);
+          load_planes(x1 + b * kBlock, x);
+          for (int r = 0; r < kRows; ++r) a1[r] = plane_sums(a1[r], x, &w[static_cast<size_t>((r * nblocks + b) * 4)]);
+        }
+        const int64_t n_inputs = Kp - kBlock / 2;  // the tail pass summed 64 inputs of each token, not 128
+        store(m, finish4(a0[0], a0[1], a0[2], a0[3], n_inputs));
+        store(m + 1, finish4(a1[0], a1[1], a1[2], a1[3], n_inputs));
+      }
+    }
+    for (; m < M; ++m) {  // one token at a time: every block, padding included
       const int8_t* xm = x_perm + m * Kp;
-      __m256i acc = _mm256_setzero_si256();
-      for (int64_t b = 0; b < nblocks; ++b) acc = block_step(acc, xm + b * kBlock, &wrow[b * 4]);
-      out[m * N + n] = finish(acc, Kp);
+      __m256i x[4], a[kRows] = {zero, zero, zero, zero};
+      for (int64_t b = 0; b < nblocks; ++b) {
+        load_planes(xm + b * kBlock, x);
+        for (int r = 0; r < kRows; ++r) a[r] = plane_sums(a[r], x, &w[static_cast<size_t>((r * nblocks + b) * 4)]);
+      }
+      store(m, finish4(a[0], a[1], a[2], a[3], Kp));
     }
   }
 }
@@ -186,11 +268,155 @@ torch::Tensor ternary_matmul_packed(torch::Tensor x_q, torch::Tensor packed) {
   std::vector<int8_t> x_perm(static_cast<size_t>(M * Kp));
   permute_planes(x_q.data_ptr<int8_t>(), M, K, Kp, x_perm.data());
   const int8_t* px = x_perm.data();
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) { rows_avx2(px, M, Kp, pk, KB, po, N, n0, n1); });
+  at::parallel_for(0, N, row_grain(M, Kp), [&](int64_t n0, int64_t n1) { rows_avx2(px, M, Kp, pk, KB, po, N, n0, n1); });
 #else
   const int8_t* px = x_q.data_ptr<int8_t>();
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) { rows_scalar(px, M, K, pk, KB, po, N, n0, n1); });
+  at::parallel_for(0, N, row_grain(M, K), [&](int64_t n0, int64_t n1) { rows_scalar(px, M, K, pk, KB, po, N, n0, n1); });
 #endif
+  return out;
+}
+
+namespace {
+
+// One token's per-token absmax quantization, as quant.quantize_activations does it in float32:
+//   s = reciprocal(max(max_j |x_j|, eps)) * 127     (Tensor.__rdiv__ is reciprocal() * other)
+//   q_j = round_half_even(x_j * s)                  (torch.round), |q_j| <= 127 already
+// The int8 q_j go to q (K of them, in order); returns s, or NaN if the row holds a NaN or an inf (torch's
+// path then gives NaN for every output of the token: NaN times a zero weight is still NaN). max is exact
+// in any order, and the rest is elementwise, so 8 lanes at a time give the very same numbers.
+float quantize_row(const float* x, int64_t K, float eps, int8_t* q) {
+  float amax = 0.0f;
+  bool finite = true;
+  int64_t j = 0;
+#ifdef __AVX2__
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (; j + 8 <= K; j += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + j), abs_mask);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // NaN or inf
+    vmax = _mm256_max_ps(vmax, a);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  for (float v : lanes) amax = v > amax ? v : amax;
+  finite = _mm256_movemask_ps(bad) == 0;
+#endif
+  for (; j < K; ++j) {
+    const float a = std::fabs(x[j]);
+    finite &= std::isfinite(a);
+    amax = a > amax ? a : amax;
+  }
+  if (!finite) return std::numeric_limits<float>::quiet_NaN();
+  const float s = (1.0f / std::max(amax, eps)) * 127.0f;
+  j = 0;
+#ifdef __AVX2__
+  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (; j + 8 <= K; j += 8) {
+    __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);  // never bites (see above); keeps -128 out whatever happens
+    const __m256i i32 = _mm256_cvtps_epi32(v);   // exact: v is a whole number
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + j), _mm_packs_epi16(i16, i16));
+  }
+#endif
+  for (; j < K; ++j) {
+    const float v = std::nearbyint(x[j] * s);  // the default rounding mode: to nearest, ties to even
+    q[j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+  }
+  return s;
+}
+
+#ifdef __AVX2__
+// One token's int8 row (K) -> the plane layout of the AVX2 kernel (Kp, zero-padded: the caller zeroes dst).
+inline void to_planes(const int8_t* q, int64_t K, int8_t* dst) {
+  for (int64_t b = 0; b * kBlock < K; ++b) {
+    const int8_t* qb = q + b * kBlock;
+    int8_t* db = dst + b * kBlock;
+    const int64_t n = std::min(kBlock, K - b * kBlock);
+    for (int64_t r = 0; r < n; ++r) db[(r & 3) * kPlane + (r >> 2)] = qb[r];  // input 4i+k -> plane k, lane i
+  }
+}
+#endif
+
+}  // namespace
+
+// The BitLinear inference layer in one call: y = (x_i @ W_t^T) / (s_x * s_w[row]) (+ bias).
+// x: float32 (..., K); packed: uint8 (N, ceil(K/4)); scale: float32 (G,), G dividing N (group g covers
+// the N/G consecutive rows from g*N/G, as quant.row_scales); bias: float32 (N,) or None; eps: the
+// quantizer's (quant.EPS). Returns float32 (..., N), bit for bit bitlinear.int_linear's numbers.
+torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scale,
+                             c10::optional<torch::Tensor> bias, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && scale.device().is_cpu(),
+              "ternary_linear: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && scale.scalar_type() == torch::kFloat32,
+              "ternary_linear: x and scale must be float32, got ", x.scalar_type(), " and ", scale.scalar_type());
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.dim() == 2, "ternary_linear: packed must be 2-D uint8");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "ternary_linear: x must have at least one feature");
+  const int64_t K = x.size(-1), N = packed.size(0), KB = packed.size(1), G = scale.numel();
+  TORCH_CHECK((K + 3) / 4 == KB, "ternary_linear: x has K=", K, " features but packed rows hold ", KB, " bytes");
+  TORCH_CHECK(scale.dim() <= 1 && G >= 1 && N % G == 0, "ternary_linear: scale must be (groups,) dividing N=", N);
+  const float* pb = nullptr;
+  torch::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == N, "ternary_linear: bias must be float32 (N,)");
+    pb = b.data_ptr<float>();
+  }
+  x = x.contiguous();
+  packed = packed.contiguous();
+  scale = scale.contiguous();
+  const int64_t M = x.numel() / K;
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  auto out = torch::empty(out_shape, x.options());
+  if (M == 0 || N == 0) return out;
+  const float* px = x.data_ptr<float>();
+  const uint8_t* pk = packed.data_ptr<uint8_t>();
+  const float* ps = scale.data_ptr<float>();
+  const float feps = static_cast<float>(eps);  // clamp(min=eps) compares in the tensor's dtype
+  // scratch reused across calls (no allocation per token): the int32 sums, the scales per token and per row
+  thread_local std::vector<int32_t> acc_buf;
+  thread_local std::vector<float> s_x, s_row;
+  acc_buf.resize(static_cast<size_t>(M * N));
+  s_x.resize(static_cast<size_t>(M));
+  s_row.resize(static_cast<size_t>(N));
+  int32_t* acc = acc_buf.data();
+  for (int64_t g = 0, rows = N / G; g < G; ++g) std::fill_n(s_row.data() + g * rows, rows, ps[g]);  // row_scales
+#ifdef __AVX2__
+  const int64_t Kp = (K + kBlock - 1) / kBlock * kBlock;
+  thread_local std::vector<int8_t> x_perm, q_row;
+  x_perm.assign(static_cast<size_t>(M * Kp), 0);
+  q_row.resize(static_cast<size_t>(K));
+  for (int64_t m = 0; m < M; ++m) {
+    s_x[m] = quantize_row(px + m * K, K, feps, q_row.data());
+    if (!std::isnan(s_x[m])) to_planes(q_row.data(), K, x_perm.data() + m * Kp);  // NaN: the row stays zero
+  }
+  const int8_t* pq = x_perm.data();
+  at::parallel_for(0, N, row_grain(M, Kp), [&](int64_t n0, int64_t n1) { rows_avx2(pq, M, Kp, pk, KB, acc, N, n0, n1); });
+#else
+  const int64_t Kq = 4 * KB;  // the scalar kernel reads whole bytes: pad the row with zeros
+  thread_local std::vector<int8_t> x_q;
+  x_q.assign(static_cast<size_t>(M * Kq), 0);
+  for (int64_t m = 0; m < M; ++m) {
+    s_x[m] = quantize_row(px + m * K, K, feps, x_q.data() + m * Kq);  // NaN: the row stays zero
+  }
+  const int8_t* pq = x_q.data();
+  at::parallel_for(0, N, row_grain(M, Kq), [&](int64_t n0, int64_t n1) { rows_scalar(pq, M, Kq, pk, KB, acc, N, n0, n1); });
+#endif
+  // y = acc / (s_x * s_w): int_linear's float32 product, then its division (then + bias, as forward does)
+  float* po = out.data_ptr<float>();
+  const float* sr = s_row.data();
+  for (int64_t m = 0; m < M; ++m) {
+    const float sx = s_x[m];
+    const int32_t* am = acc + m * N;
+    float* om = po + m * N;
+    if (pb) {
+      for (int64_t n = 0; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]) + pb[n];
+    } else {
+      for (int64_t n = 0; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]);
+    }
+  }
   return out;
 }
 
@@ -205,5 +431,9 @@ bool has_avx2() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_matmul_packed", &ternary_matmul_packed,
         "int32 (M, N) = x_q int8 (M, K_pad) times ternary weights packed 2-bit uint8 (N, K_pad/4), additions only");
+  m.def("ternary_linear", &ternary_linear, py::arg("x"), py::arg("packed"), py::arg("scale"), py::arg("bias"),
+        py::arg("eps"),
+        "float32 (..., N) = BitLinear inference on float32 x (..., K): quantize per token, add-only GEMV, rescale, "
+        "+ bias; bit for bit bitlinear.int_linear");
   m.def("has_avx2", &has_avx2, "whether the extension was compiled with the AVX2 kernel");
 }
