@@ -618,6 +618,21 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # with explicit asynchronous copies (the BitNet team's W2A8 kernel reports
 # 1.27x to 3.63x bf16 on an A100), and fusing the quantizer into the GEMV.
 #
+# **Past batch 1.** A GEMV reads every weight once per block of tokens, so at
+# batch 32 or 256 it re-reads the matrix many times and loses to cuBLAS,
+# which uses the tensor cores. `babybitnet.kernels.triton_mma` is the tensor-
+# core version of the same idea: it loads a tile of packed bytes, unpacks it
+# in registers to int8 $\{-1, 0, +1\}$ (shifts and masks, as in your
+# exercise), and hands int8 tiles to `tl.dot`, which Triton compiles to the
+# GPU's int8 matrix instructions, exact int32 sums. Which kernel is fastest
+# depends on the shape and the batch, and the crossover moves with the GPU,
+# so the package does not guess: `babybitnet.kernels.tuning` times every
+# candidate the first time a shape is seen and stores the winner
+# (`~/.cache/babybitnet/tuning.json`). `python -m babybitnet bench kernel`
+# times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16
+# and `torch._int_mm` at batches 1 to 256; its table on an H200 is still to
+# be measured with this version of the code.
+#
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
 # The models of this course so far were the seed project's size, trained on
