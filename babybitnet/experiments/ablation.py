@@ -173,8 +173,8 @@ def _resumed_runs(path: Path, results: dict, overrides: dict, order: dict) -> li
             f"cannot resume {path}: it was made with other settings ({', '.join(differ)}); "
             f"choose another --out, or the same settings"
         )
-    for r in runs:  # runs from before per-run machines were recorded ran on the file's machine
-        r.setdefault("machine", old.get("machine"))
+    for r in runs:  # runs from before per-run machines were recorded ran on the file's machine, one thread each
+        r.setdefault("machine", {**old.get("machine", {}), "torch_threads": 1})
     return [r for r in runs if (r["variant"], r["model"], r["seed"]) in order]
 
 
