@@ -244,7 +244,7 @@ print(f"{len(ablation['runs'])} runs, on", " and ".join(machines))
 show_markdown(markdown_table(ablation["summary"]))
 
 # %% [markdown]
-# How to read it (the spread between seeds is 0.005 to 0.015, so the mean of three is good
+# How to read it (the spread between seeds is 0.003 to 0.017, so the mean of three is good
 # to about 0.01):
 #
 # - **RoPE helps most**, by almost 0.05. A learned position table must learn each of its 32

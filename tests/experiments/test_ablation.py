@@ -1,5 +1,7 @@
 import json
 
+from helpers import small_bpe_dataset
+
 from babybitnet.experiments import ablation
 from babybitnet.experiments.ablation import Variant, ablate, markdown_table
 
@@ -28,14 +30,11 @@ def test_ablate_runs_every_variant_per_seed_and_reports_deltas(monkeypatch, tmp_
 
 def test_ablate_on_a_prepared_dataset_in_workers_and_through_the_cli(monkeypatch, tmp_path, capsys):
     from babybitnet.cli import main
-    from babybitnet.data import load_text
     from babybitnet.gpt import GPT
-    from babybitnet.prepare import data_record, prepare
+    from babybitnet.prepare import data_record
     from babybitnet.presets import get_preset
 
-    (tmp_path / "text.txt").write_text(load_text(None)[:40_000], encoding="utf-8")
-    ds = tmp_path / "ds"
-    prepare(tmp_path / "text.txt", ds, tokenizer="bpe", vocab_size=300)
+    ds = small_bpe_dataset(tmp_path)
     study = [Variant("recipe preset", "bitnet", train_overrides=dict(eval_iters=1, batch_size=4))]
     monkeypatch.setitem(ablation.STUDIES, "tiny", study)
     r = ablate("tiny", seeds=2, jobs=2, iters=2, eval_interval=2, out=tmp_path / "a", data=ds, progress=False)

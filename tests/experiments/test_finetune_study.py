@@ -8,22 +8,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import small_bpe_dataset
 
 from babybitnet.cli import main
-from babybitnet.data import load_dataset, load_text
+from babybitnet.data import load_dataset
 from babybitnet.experiments.finetune import compare_finetune, finetune_checkpoint
 from babybitnet.files import save_checkpoint
-from babybitnet.prepare import data_record, load_prepared, prepare
+from babybitnet.prepare import data_record, load_prepared
 from babybitnet.presets import build_model
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A small BPE dataset (300 tokens) of the start of Tiny Shakespeare."""
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "text.txt").write_text(load_text(None)[:40_000], encoding="utf-8")
-    prepare(folder / "text.txt", folder / "ds", tokenizer="bpe", vocab_size=300)
-    return folder / "ds"
+    return small_bpe_dataset(tmp_path_factory.mktemp("data"))
 
 
 def gpt_checkpoint(path, tokenizer):

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from helpers import small_bpe_dataset
 
 from babybitnet.cli import main
-from babybitnet.data import load_text
 from babybitnet.experiments import scale as scale_mod
 from babybitnet.experiments.scale import (
     OVERFIT_MARGIN,
@@ -22,7 +22,7 @@ from babybitnet.experiments.scale import (
     task_devices,
 )
 from babybitnet.gpt import GPT
-from babybitnet.prepare import data_record, load_prepared, prepare
+from babybitnet.prepare import data_record, load_prepared
 from babybitnet.presets import get_preset
 from babybitnet.runtime import machine_info
 
@@ -194,10 +194,7 @@ def test_cli_help_and_a_tiny_run(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A small BPE dataset (300 tokens) of the start of Tiny Shakespeare: about 26k train tokens."""
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "text.txt").write_text(load_text(None)[:40_000], encoding="utf-8")
-    prepare(folder / "text.txt", folder / "ds", tokenizer="bpe", vocab_size=300)
-    return folder / "ds"
+    return small_bpe_dataset(tmp_path_factory.mktemp("data"))
 
 
 def test_epochs_set_the_step_budget():
