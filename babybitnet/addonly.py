@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from babybitnet.kernels.cpu import ext_linear, ext_matmul_packed, load_extension
 from babybitnet.packing import check_packed_2bit, check_packed_matmul, check_ternary
-from babybitnet.quant import check_int8_activations, quantize_activations, row_scales
+from babybitnet.quant import check_int8_activations, check_weight_groups, quantize_activations, row_scales
 
 CODE_MINUS, CODE_ZERO, CODE_PLUS = 0b00, 0b01, 0b10  # code = w + 1
 _CHUNK_ELEMENTS = 1 << 22  # cap on the (M, rows, K) intermediates of the pure-torch versions (16 MB of int32)
@@ -221,8 +221,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, k: i
     n = packed.shape[0]
     if x.dtype == torch.float32 and x.device.type == "cpu" and load_extension() is not None:
         check_packed_2bit(packed, k)
-        if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
-            raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
+        check_weight_groups(s_w, n)  # the ValueError of the torch path, not the C++ kernel's RuntimeError
         return ext_linear(x, packed, s_w.to(torch.float32))
     scales = row_scales(s_w, n, x.dtype)
     x_i, s_x = quantize_activations(x)  # integers in [-127, 127] as floats, (..., 1)

@@ -164,8 +164,18 @@ def check_int8_activations(x_q: torch.Tensor) -> None:
         raise ValueError(f"x_q must be 2-D (tokens M, inputs K), got shape {tuple(x_q.shape)}")
 
 
-def row_scales(s_w: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Weight scales (G,) -> one per output row (n,): group g covers the n/G consecutive rows from g * n/G."""
+def check_weight_groups(s_w: torch.Tensor, n: int) -> int:
+    """The rows per group, ``n // G``, if weight scales ``s_w`` (G,) fit a matrix of ``n`` output rows; else ValueError.
+
+    Group g covers the n/G consecutive rows from g * n/G (:func:`absmean_scale`'s ``groups``), so
+    G must divide n. Every matmul that takes packed weights and their scales checks this one way,
+    also those that hand ``s_w`` to a kernel as it is, without expanding it to one scale per row.
+    """
     if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():
         raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
-    return s_w.reshape(-1).to(dtype).repeat_interleave(n // s_w.numel())
+    return n // s_w.numel()
+
+
+def row_scales(s_w: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weight scales (G,) -> one per output row (n,): group g covers the n/G consecutive rows from g * n/G."""
+    return s_w.reshape(-1).to(dtype).repeat_interleave(check_weight_groups(s_w, n))

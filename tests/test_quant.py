@@ -132,3 +132,16 @@ def test_binarize_is_two_valued_and_mean_centred():
     assert torch.equal(binarize(torch.zeros(3, 4)), torch.zeros(3, 4))
     x = torch.randn(8, 8, dtype=torch.float64)
     assert binarize(x).dtype == torch.float64 and binarize(x).abs().unique().numel() == 1
+
+
+def test_check_weight_groups_gives_rows_per_group_and_refuses_scales_that_do_not_fit():
+    from babybitnet.quant import check_weight_groups, row_scales
+
+    assert check_weight_groups(torch.ones(3), 12) == 4
+    assert check_weight_groups(torch.ones(1), 5) == 5  # one scale per tensor, the paper's
+    assert check_weight_groups(torch.tensor(2.0), 6) == 6  # a 0-d scale is one group
+    for bad in (torch.ones(5), torch.ones(0), torch.ones(2, 3)):  # 5 does not divide 12; empty; not (groups,)
+        with pytest.raises(ValueError, match=rf"groups dividing N=12, got shape \({bad.shape[0]}"):
+            check_weight_groups(bad, 12)
+        with pytest.raises(ValueError, match="groups dividing N=12"):  # row_scales checks the same way
+            row_scales(bad, 12)

@@ -28,7 +28,6 @@ of it is copied to the workers, and the vocabulary is its tokenizer's.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from babybitnet.experiments.study import NAMES, run_study, write_results
+from babybitnet.experiments.study import NAMES, resumed_results, run_study, write_results
 from babybitnet.prepare import data_record, load_corpus
 from babybitnet.runtime import machine_info
 
@@ -160,19 +159,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _resumed_runs(path: Path, results: dict, overrides: dict, order: dict) -> list[dict]:
     """The runs of an earlier study at ``path`` that this one would repeat; refuses another study's file."""
-    if not path.is_file():
+    # the same study and corpus, and every run with the step budget and evaluation interval of this one
+    old = resumed_results(path, results, keys=("data",), run_settings=overrides)
+    if old is None:
         return []
-    old = json.loads(path.read_text(encoding="utf-8"))
     runs = old.get("runs", [])
-    differ = [k for k in ("study", "data") if old.get(k) != results[k]]
-    for k, v in overrides.items():  # the settings every run shares: compare them run by run
-        if any(r.get("train_config", {}).get(k) != v for r in runs):
-            differ.append(k)
-    if differ:
-        raise ValueError(
-            f"cannot resume {path}: it was made with other settings ({', '.join(differ)}); "
-            f"choose another --out, or the same settings"
-        )
     for r in runs:  # runs from before per-run machines were recorded ran on the file's machine, one thread each
         r.setdefault("machine", {**old.get("machine", {}), "torch_threads": 1})
     return [r for r in runs if (r["variant"], r["model"], r["seed"]) in order]

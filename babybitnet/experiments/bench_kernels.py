@@ -365,7 +365,8 @@ def _gemlite_layers(w_t: torch.Tensor, s_w: float, copies: int, dev: torch.devic
     layers: dict[str, list] = {name: [] for name in GEMLITE}
     for _ in range(copies):
         a16 = A16W158_INT(device=str(dev), dtype=torch.bfloat16).from_weights(w, scale)
-        a16.scales = a16.scales.to(dev)  # gemlite 0.6 leaves them on the CPU
+        # gemlite 0.6 leaves its scales on the CPU, as a Parameter (so a plain tensor may not replace it)
+        a16.scales = torch.nn.Parameter(a16.scales.detach().to(dev), requires_grad=False)
         layers[GEMLITE[0]].append(a16)
         layers[GEMLITE[1]].append(A8W158_INT_dynamic(device=str(dev), dtype=torch.bfloat16).from_weights(w, scale))
     return layers, ""

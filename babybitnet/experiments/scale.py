@@ -59,7 +59,6 @@ there.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from functools import partial
@@ -67,7 +66,16 @@ from pathlib import Path
 
 import torch
 
-from babybitnet.experiments.study import NAMES, new_figure, ran_on, run_record, run_study, save_figure, write_results
+from babybitnet.experiments.study import (
+    NAMES,
+    new_figure,
+    ran_on,
+    resumed_results,
+    run_record,
+    run_study,
+    save_figure,
+    write_results,
+)
 from babybitnet.prepare import data_record, load_corpus
 from babybitnet.presets import MODELS, build_model
 from babybitnet.runtime import describe, resolve_device
@@ -368,15 +376,8 @@ def task_devices(device: torch.device, n_tasks: int, n_gpus: int | None = None) 
     return [f"cuda:{i % n_gpus}" for i in range(n_tasks)]
 
 
-# What must match for a resumed study to mix its old and new runs (more seeds may be added).
+# What must match for a resumed study to mix its old and new runs (more seeds and sizes may be added).
 RESUME_KEYS = ("iters", "data", "seed", "eval_iters", "patience", "batch_size", "block_size")
-
-
-def _resume_value(results: dict, key: str):
-    value = results.get(key)
-    if key == "data" and isinstance(value, str):  # results written before data_record: the text's name
-        return {"text": value}
-    return value
 
 
 def scale(
@@ -477,22 +478,8 @@ def scale(
         "summary": [],
         "runs": [],
     }
-    if resume and (out / "results.json").is_file():
-        old = json.loads((out / "results.json").read_text())
-        differ = [
-            f"{k} {_resume_value(old, k)!r} there, {results[k]!r} now"
-            for k in RESUME_KEYS
-            if _resume_value(old, k) != results[k]
-        ]
-        differ += [
-            f"size {name!r} is {old['sizes'][name]} there, {spec} now"
-            for name, spec in sizes.items()
-            if name in old.get("sizes", {}) and old["sizes"][name] != spec
-        ]
-        if differ:
-            raise ValueError(
-                f"cannot resume {out / 'results.json'}: it was made with other settings ({'; '.join(differ)})"
-            )
+    old = resumed_results(out / "results.json", results, RESUME_KEYS, entries={"sizes": sizes}) if resume else None
+    if old is not None:
         # keep every finished run, also of sizes, models or seeds not asked for this time
         results["runs"] = [{"seed": old["seed"], **r} for r in old["runs"]]  # older runs: the study's one seed
         results["seeds"] = max(seeds, old.get("seeds", 1))

@@ -7,7 +7,8 @@ folder, often with a plot; the full-size results the course quotes ship in ``bab
 The studies with many independent runs (``ablate``, ``finetune``, ``scale``) hand them to
 :func:`run_study`, which runs them one after another or in worker processes and gives each result
 back as soon as it is finished, so that the study can rewrite its files (:func:`write_results`)
-after every run: a study cut short keeps what it finished.
+after every run: a study cut short keeps what it finished. With ``--resume`` it carries on from
+there: :func:`resumed_results` reads the earlier ``results.json`` and refuses one made another way.
 """
 
 from __future__ import annotations
@@ -95,6 +96,62 @@ def run_study(
             pool.shutdown(cancel_futures=True)
     finally:
         bar.close()
+
+
+def _legacy(key: str, value: object) -> object:
+    """An earlier results.json's value in today's form: ``data`` was the text's name before ``data_record``."""
+    if key == "data" and isinstance(value, str):
+        return {"text": value}
+    return value
+
+
+def resumed_results(
+    path: str | Path,
+    results: dict,
+    keys: Sequence[str] = (),
+    run_settings: Mapping[str, object] | None = None,
+    entries: Mapping[str, Mapping[str, object]] | None = None,
+) -> dict | None:
+    """The earlier ``results.json`` at ``path`` that a study may carry on from; None when there is none.
+
+    Resuming puts the earlier runs beside new ones in one summary, which only means something if
+    both were made the same way. So it compares the earlier file with ``results``, the new study's
+    results (before any run), and raises a one-line ValueError naming every setting that differs:
+
+    * ``study`` and each of ``keys``: top-level settings (a legacy ``data`` string is the text's name);
+    * ``run_settings``: training settings that every earlier run's ``train_config`` must have;
+    * ``entries``: for each key (e.g. ``{"sizes": sizes}``), an entry that both files name must be
+      the same, while new entries may be added (more sizes); the message calls one entry by the key's
+      singular ("size 'a'").
+
+    What to keep of the earlier runs (and how to fill in what older files lack) is the study's choice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    differ = [
+        f"{k} {_legacy(k, old.get(k))!r} there, {results[k]!r} now"
+        for k in ("study", *keys)
+        if _legacy(k, old.get(k)) != results[k]
+    ]
+    for k, v in (run_settings or {}).items():  # the settings every run shares: compare them run by run
+        wrong = [t for r in old.get("runs", []) if (t := r.get("train_config", {}).get(k)) != v]
+        if wrong:
+            differ.append(f"{k} {wrong[0]!r} there, {v!r} now")
+    for key, now in (entries or {}).items():
+        before = old.get(key) or {}
+        differ += [
+            f"{key.removesuffix('s')} {name!r} is {before[name]} there, {spec} now"
+            for name, spec in now.items()
+            if name in before and before[name] != spec
+        ]
+    if differ:
+        raise ValueError(
+            f"cannot resume {path}: it was made with other settings ({'; '.join(differ)}); "
+            "choose another output folder (--out) or the same settings"
+        )
+    return old
 
 
 def write_results(

@@ -49,7 +49,7 @@ import torch
 
 from babybitnet.kernels.triton_common import check_packed_on, interpreted, require_triton, tl, triton
 from babybitnet.kernels.triton_dp4a import check_words_k, quantize_words, round_to_int, words_matmul_output
-from babybitnet.quant import EPS
+from babybitnet.quant import EPS, check_weight_groups
 
 MmaConfig = tuple[int, int, int, int, int]  # (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages)
 DEFAULT_CONFIG: MmaConfig = (64, 64, 256, 4, 3)  # within ~1.3x of the best on an H200 from 32 to 256 tokens
@@ -273,8 +273,7 @@ def mma_linear(
     x2 = x.reshape(-1, k)
     check_packed_on(packed, k, x2.device)
     n = packed.shape[0]
-    if s_w.dim() > 1 or s_w.numel() == 0 or n % s_w.numel():  # as row_scales checks, without expanding s_w
-        raise ValueError(f"s_w must have shape (groups,) with groups dividing N={n}, got shape {tuple(s_w.shape)}")
+    check_weight_groups(s_w, n)  # the kernel takes s_w per group (G,), not expanded to one scale per row
     s_w = s_w.reshape(-1).to(x2.device).contiguous()
     y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x2.device)
     if fused:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from babybitnet.experiments.study import loss_plot, run_study, write_results
+from babybitnet.experiments.study import loss_plot, resumed_results, run_study, write_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +136,34 @@ def test_a_failed_plot_leaves_the_old_file(tmp_path):
         ax.plot([0, 1], [1, 0])
         raise RuntimeError("drawing failed")
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+# ---------------------------------------------------------------- resuming
+def test_resumed_results_gives_back_a_matching_file_and_none_without_one(tmp_path):
+    assert resumed_results(tmp_path / "results.json", {"study": "s"}) is None  # nothing to resume: a fresh start
+    runs = [{"train_config": {"lr": 1}}]
+    old = {"study": "s", "iters": 10, "data": "tinyshakespeare", "sizes": {"a": 1}, "runs": runs}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    now = {"study": "s", "iters": 10, "data": {"text": "tinyshakespeare"}}  # the legacy data string is the text
+    got = resumed_results(tmp_path / "results.json", now, ["iters", "data"], {"lr": 1}, {"sizes": {"a": 1, "b": 2}})
+    assert got == old  # a new size "b" may be added to the earlier "a"
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (dict(now={"study": "t", "iters": 10}), "study 's' there, 't' now"),
+        (dict(now={"study": "s", "iters": 20}), "iters 10 there, 20 now"),
+        (dict(run_settings={"lr": 2}), "lr 1 there, 2 now"),
+        (dict(entries={"sizes": {"a": 3}}), "size 'a' is 1 there, 3 now"),
+    ],
+)
+def test_resumed_results_refuses_other_settings_in_one_line_saying_which(tmp_path, change, says):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"study": "s", "iters": 10, "sizes": {"a": 1}, "runs": [{"train_config": {"lr": 1}}]}))
+    kw = {"now": {"study": "s", "iters": 10}, "run_settings": None, "entries": None, **change}
+    with pytest.raises(ValueError) as err:
+        resumed_results(path, kw["now"], ["iters"], kw["run_settings"], kw["entries"])
+    msg = str(err.value)
+    assert msg.startswith(f"cannot resume {path}: it was made with other settings (") and "\n" not in msg
+    assert says in msg and "--out" in msg  # which setting differs, and what to do
