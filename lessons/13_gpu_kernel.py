@@ -565,7 +565,7 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
 # quantizes all its weights in every step), but still slower than babyGPT at
-# nanoGPT's size and only about as fast at 2B4T's. At batch 1 every layer's matmul is short: the
+# nanoGPT's size and only 1.12x faster at 2B4T's. At batch 1 every layer's matmul is short: the
 # packed layer (quantizer kernel + dp4a GEMV) takes 7.5 to 11.7 µs at 2B4T's
 # shapes against 7.0 to 18.3 µs for cuBLAS bf16 (`bench kernel --variants`, same H200,
 # `babybitnet/results/bench_kernel_h200.json`): 0.9x to 1.7x, not the 8x that
@@ -574,7 +574,8 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 # microseconds, the same for both models. `--compile` fuses those with
 # `torch.compile` (the packed layers stay one opaque operator each): it helps
 # babyGPT more than the packed model, because babyGPT's matmuls are cuBLAS
-# calls that compile can also schedule around:
+# calls that compile can also schedule around (these two tables were measured with the kernels
+# before the tuner, the dp4a GEMV for every layer, and are not rerun yet):
 
 # %%
 show_markdown(generate_table(measured("bench_generate_compile")))
@@ -592,7 +593,8 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # quantizes the activations inside the GEMV (every program redoes it for its
 # rows), one launch per layer instead of two. It wins only for short rows
 # (7.4 vs 7.5 µs at 2,560 x 2,560) and loses for long ones (20.3 vs 15.1 µs at
-# 8,192 x 8,192), so `PackedBitLinear` uses it for K <= 2,048 at decode.
+# 8,192 x 8,192), so it is one of the candidates the tuner below times, and it wins
+# at nanoGPT's small shapes.
 #
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and
@@ -614,9 +616,28 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # so the package does not guess: `babybitnet.kernels.tuning` times every
 # candidate the first time a shape is seen and stores the winner
 # (`~/.cache/babybitnet/tuning.json`). `python -m babybitnet bench kernel`
-# times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16
-# and `torch._int_mm` at batches 1 to 256; its table on an H200 is still to
-# be measured with this version of the code.
+# times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16,
+# `torch._int_mm` and, with `--peers`, the ternary layers of gemlite (a pip
+# package of Triton low-bit kernels), the peers a user would pick instead.
+# `bench kernel --peers --shapes 2560x2560 8192x8192 --batches 1 8 32` on one H200:
+
+# %%
+from babybitnet.experiments.bench_kernels import layer_table
+
+show_markdown(layer_table(measured("bench_kernel_layer_h200")))
+
+# %% [markdown]
+# What the table says:
+#
+# - At 8,192 x 8,192 our layer is 1.7x to 2.2x cuBLAS bf16 at every batch, and ahead of
+#   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
+#   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
+# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 15.2 µs for 16.8 MB
+#   of packed weights is 1.1 TB/s, a quarter of the memory's speed. The quantizer launch and
+#   the fixed start of each kernel are a large part of 15 µs.
+# - At 2,560 x 2,560 (1.6 MB of packed weights) every ternary layer here, ours and gemlite's,
+#   is slower than bf16: the whole matrix is read in less time than a kernel takes to start and
+#   finish. This is why the 2B4T-size model above gains only 1.12x end to end.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
