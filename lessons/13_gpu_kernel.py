@@ -613,8 +613,9 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # exercise), and hands int8 tiles to `tl.dot`, which Triton compiles to the
 # GPU's int8 matrix instructions, exact int32 sums. Which kernel is fastest
 # depends on the shape and the batch, and the crossover moves with the GPU,
-# so the package does not guess: `babybitnet.kernels.tuning` times every
-# candidate the first time a shape is seen and stores the winner
+# so the package does not guess: `babybitnet.kernels.tuning` times the
+# candidates (each kernel with the tile configs that won somewhere on an H200)
+# the first time a shape is seen and stores the winner
 # (`~/.cache/babybitnet/tuning.json`). `python -m babybitnet bench kernel`
 # times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16,
 # `torch._int_mm` and, with `--peers`, the ternary layers of gemlite (a pip

@@ -32,11 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from babybitnet.kernels import tuning
-from babybitnet.kernels.triton_bitlinear import CONFIGS as BITLINEAR_CONFIGS
 from babybitnet.kernels.triton_bitlinear import DEFAULT_CONFIG as BITLINEAR_DEFAULT
 from babybitnet.kernels.triton_bitlinear import MAX_BLOCK_M, bitlinear_dp4a
 from babybitnet.kernels.triton_common import interpreted
-from babybitnet.kernels.triton_dp4a import CONFIGS as DP4A_CONFIGS
 from babybitnet.kernels.triton_dp4a import DEFAULT_CONFIG as DP4A_DEFAULT
 from babybitnet.kernels.triton_dp4a import dp4a_linear
 from babybitnet.kernels.triton_gemv import triton_packed_linear
@@ -51,6 +49,15 @@ ONE_LAUNCH_MAX_K = 2048  # default: past this, re-quantizing the inputs in every
 DP4A_MAX_M = 32  # candidates: the dp4a GEMV up to this many tokens
 MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
 FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) up to this many
+
+# The configs the tuner times, a subset of each kernel's CONFIGS (which `bench kernel --variants` explores
+# in full): those that won at some shape and batch on an H200 (`bench kernel --peers --retune`; the
+# choices and every time are in babybitnet/results/tuning_h200.json). Most others came within a few
+# percent of these, and each candidate costs a Triton compile (about a second) the first time a shape is
+# seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
+TUNE_BITLINEAR = ((4, 32, 1), (16, 32, 4))
+TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
+TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
 
 TUNER = tuning.Tuner()  # the process's choices; tests swap it for one with a temporary file and a fake timer
 _memo: dict[tuple, str] = {}  # (device index, N, K, M bucket) -> candidate: the fast path of every call
@@ -74,11 +81,11 @@ def candidates(m: int, n: int, k: int) -> list[str]:
     names = [default_candidate(m, k)]
     if k % 16 == 0:
         if m <= MAX_BLOCK_M:
-            names += [_name("bitlinear", c) for c in BITLINEAR_CONFIGS]
+            names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
         if m <= DP4A_MAX_M:
-            names += [_name("dp4a", c) for c in DP4A_CONFIGS]
+            names += [_name("dp4a", c) for c in TUNE_DP4A]
         if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
-            mma = [c for c in MMA_CONFIGS if m // 4 <= c[0] <= max(16, m)]
+            mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]
             names += [_name("mma", c) for c in mma]
             if m <= FUSED_MAX_M:
                 names += [_name("mma1", c) for c in mma]

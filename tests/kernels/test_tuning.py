@@ -179,8 +179,18 @@ def test_candidates_and_defaults():
             assert ("int_mm" in names) == (m > 16 and n % 8 == 0 and k % 8 == 0)
             if k % 16:
                 assert set(names) <= {"gemv", "bf16", "int_mm"}
+    assert len(dispatch.candidates(1, 2560, 2560)) <= 10  # each one is a Triton compile the first time
     assert not any(n.startswith("mma") for n in dispatch.candidates(4, 64, 64))
     assert not any(n.startswith(("dp4a", "bitlinear")) for n in dispatch.candidates(256, 64, 64))
+
+
+def test_tuned_configs_are_the_kernels_own():
+    """The tuner's short lists are configs each kernel knows (its CONFIGS, which bench kernel --variants tries)."""
+    from babybitnet.kernels import triton_bitlinear, triton_dp4a, triton_mma
+
+    for tuned, known in ((dispatch.TUNE_BITLINEAR, triton_bitlinear.CONFIGS), (dispatch.TUNE_DP4A, triton_dp4a.CONFIGS),
+                         (dispatch.TUNE_MMA, triton_mma.CONFIGS)):  # fmt: skip
+        assert tuned and set(tuned) <= set(known)
 
 
 @pytest.mark.parametrize(
