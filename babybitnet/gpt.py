@@ -297,7 +297,11 @@ class GPT(nn.Module):
         return all(isinstance(b, Block) and isinstance(b.attn, CausalSelfAttention) for b in self.blocks)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) int64 token ids, T <= block_size. Returns logits (B, T, vocab) and the mean
         cross-entropy against ``targets`` (B, T), or None without targets.
@@ -305,7 +309,12 @@ class GPT(nn.Module):
         ``cache`` (from ``new_cache()``, for generation): idx holds only the tokens after the cached
         ones, so their positions start at the cache's length, and their keys and values are added to
         it. Several tokens at once only into an empty cache (the prompt); then one at a time.
+
+        ``last_only``: run the final norm and ``lm_head`` on the last position only, logits (B, 1, vocab):
+        all that sampling the next token needs (``generate``), and 1/T of the head's work.
         """
+        if last_only and targets is not None:
+            raise ValueError("last_only gives the logits of the last position only, the loss needs all: drop one")
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
@@ -335,6 +344,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x) if cache is None else block(x, cache=cache[i])
+        if last_only:
+            x = x[:, -1:]  # the blocks needed every position (attention); the head needs only the last
         logits = self.lm_head(self.ln_f(x))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
@@ -390,12 +401,12 @@ class GPT(nn.Module):
             if use_cache and idx.shape[1] <= block_size:
                 if cache is None:  # prefill: the whole prompt at once
                     cache = self.new_cache()
-                    logits, _ = self(idx, cache=cache)
+                    logits, _ = self(idx, cache=cache, last_only=True)
                 else:  # the cache holds every token but the newest
                     logits, _ = self(idx[:, -1:], cache=cache)
             else:
                 cache = None  # past block_size (or no cache asked for): the sliding window, no cache
-                logits, _ = self(idx[:, -block_size:])  # the model sees at most block_size tokens
+                logits, _ = self(idx[:, -block_size:], last_only=True)  # the model sees at most block_size tokens
             logits = logits[:, -1, :]
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

@@ -17,7 +17,6 @@ in the paper; at babyGPT's tiny size they are a large share of the file.
 from __future__ import annotations
 
 import copy
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -25,10 +24,9 @@ from torch import nn
 from babybitnet.addonly import packed_linear
 from babybitnet.bitlinear import BitLinear, check_linear_args, int_linear
 from babybitnet.gpt import GPT
-from babybitnet.kernels.cpu import load_extension
+from babybitnet.kernels.cpu import ext_linear, load_extension
 from babybitnet.kernels.dispatch import packed_linear as gpu_packed_linear
 from babybitnet.packing import ZERO_BYTE, check_format, pack, packed_shape, unpack
-from babybitnet.quant import EPS
 
 
 class PackedBitLinear(nn.Module):
@@ -110,36 +108,32 @@ class PackedBitLinear(nn.Module):
             )
         if self.norm is not None:
             x = self.norm(x)
-        ext = load_extension() if x.device.type == "cpu" else None
-        if x.is_cuda and self.fmt == "2bit" and self.act_bits == 8 and _triton_available():
-            y = self._gpu_linear(x)
-        elif ext is not None and self.fmt == "2bit" and self.act_bits == 8:
-            # on the CPU the add-only C++ kernel (lesson 12) reads the packed bytes: int8 sums, one rescale
-            if x.dtype == torch.float32 and self.scale.dtype == torch.float32:
-                return self._cpu_linear(ext, x)
+        fast = self.fmt == "2bit" and self.act_bits == 8  # what the kernels take
+        bias = self.bias
+        ext = load_extension() if fast and x.device.type == "cpu" else None
+        if ext is not None and x.dtype == torch.float32 and self.scale.dtype == torch.float32:
+            # the hot path at decode: quantize, add-only GEMV, rescale (and bias) in one C++ call,
+            # kernels.cpu.ext_linear, where addonly.packed_linear also ends. The shapes were checked at
+            # construction: no per-call checks (at babyGPT's size the arithmetic of a layer takes a few
+            # microseconds, about what each Python step around it costs)
+            if (
+                bias is not None
+                and bias.dtype == torch.float32
+                and not (bias.requires_grad and torch.is_grad_enabled())
+            ):
+                return ext_linear(x, self.packed, self.scale, bias, ext=ext)
+            y = ext_linear(x, self.packed, self.scale, ext=ext)  # a bias that needs its gradient: torch adds it
+        elif ext is not None:  # other dtypes: the torch steps around the same kernel
             y = packed_linear(x, self.packed, self.scale, self.in_features)
+        elif x.is_cuda and fast and _triton_available():
+            y = self._gpu_linear(x)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
             # (no value checks here: they would wait for the GPU every call; the file's checksum and
             # ternary_weight() check the bytes)
             w_t = unpack(self.packed, self.shape[-1], self.fmt, check=False)
             y = int_linear(x, w_t.reshape(self.out_features, self.in_features), self.scale, self.act_bits)
-        return y if self.bias is None else y + self.bias
-
-    def _cpu_linear(self, ext: ModuleType, x: torch.Tensor) -> torch.Tensor:
-        """float32 on the CPU: quantize, add-only GEMV, rescale and bias in one C++ call (as ``cpu.ext_linear``).
-
-        At decode a layer of babyGPT's size is a few microseconds of arithmetic, so the dozen tensor ops
-        of ``packed_linear``'s torch steps (and their checks) would cost more than the matmul: here the
-        shapes were checked at construction and the C++ side does the rest, bit for bit the same numbers.
-        """
-        bias = self.bias
-        if bias is not None and (bias.dtype != torch.float32 or (bias.requires_grad and torch.is_grad_enabled())):
-            bias, extra = None, bias  # added by torch below, so that autograd sees the bias
-        else:
-            extra = None
-        y = ext.ternary_linear(x, self.packed, self.scale, bias, EPS)
-        return y if extra is None else y + extra
+        return y if bias is None else y + bias
 
     def _gpu_linear(self, x: torch.Tensor) -> torch.Tensor:
         """On a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13).

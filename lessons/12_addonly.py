@@ -545,12 +545,13 @@ for preset in ("nanogpt", "seed"):
 
 # %% [markdown]
 # At nanoGPT's size (width 384) the matmuls are most of a step, and the
-# packed model, reading 2 bits per weight, generates almost twice as fast as
+# packed model, reading 2 bits per weight, generates about twice as fast as
 # babyGPT. At the seed's size (width 64) the matrices are tiny: most of a step
 # is what both models share (norms, attention, Python calling modules), and
 # with a 32-character context most steps recompute a whole window of 32
 # tokens, where the float library's matmul is as fast as ours. There the
-# packed model is only about as fast as babyGPT.
+# packed model is only about as fast as babyGPT. (Both models compute the final norm and
+# the output layer for the last position only when they generate: `last_only=True`.)
 #
 # The real thing, bitnet.cpp (look-up tables in registers, tuned for each CPU
 # family, with a whole model around it), reports 2.37x to 6.17x the speed of

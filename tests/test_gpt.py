@@ -143,3 +143,19 @@ def test_token_ids_out_of_the_vocabulary_are_a_clear_error():
         m.generate(torch.tensor([[70]]), 2)
     logits, _ = m(torch.tensor([[0, 64]]))  # both ends of the range are fine
     assert logits.shape == (1, 2, 65)
+
+
+@pytest.mark.parametrize("linear", ["fp", "bitnet"])
+def test_last_only_runs_the_head_on_the_last_position(linear):
+    torch.manual_seed(0)
+    m = GPT(seed_config(linear=linear)).eval()
+    idx = torch.randint(65, (2, 32))
+    with torch.no_grad():
+        full, _ = m(idx)
+        last, loss = m(idx, last_only=True)
+    assert last.shape == (2, 1, 65) and loss is None
+    # the same numbers as the last row of the full logits (the head multiplies 1 row instead of 32: MKL may
+    # sum in another order, so up to rounding)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="last_only"):
+        m(idx, torch.zeros_like(idx), last_only=True)

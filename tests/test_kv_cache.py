@@ -104,9 +104,9 @@ def test_generate_uses_the_cache(monkeypatch):
     lengths = []
     forward = GPT.forward
 
-    def spy(self, idx, targets=None, cache=None):
+    def spy(self, idx, targets=None, cache=None, last_only=False):
         lengths.append((idx.shape[1], cache is not None))
-        return forward(self, idx, targets, cache)
+        return forward(self, idx, targets, cache, last_only)
 
     monkeypatch.setattr(GPT, "forward", spy)
     m.generate(prompt(4, B=1), 15, temperature=0)

@@ -175,16 +175,25 @@ def ext_matmul_packed(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.
 
 
 def ext_linear(
-    x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    s_w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ext: ModuleType | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in one C++ call: float32 (..., K), uint8 (N, ceil(K/4)), s_w float32 (G,) -> (..., N).
 
     Quantizes each token (absmax, 8 bits), runs the add-only GEMV and rescales (+ ``bias`` (N,)), bit for bit
-    :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. No Python checks: this is the hot path
-    of ``PackedBitLinear`` on the CPU, which checks its shapes once at construction (the C++ side still refuses
-    wrong shapes and dtypes, with a RuntimeError). Raises RuntimeError if the extension is unavailable.
+    :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. The one way into the C++ layer: both
+    ``PackedBitLinear`` on the CPU and :func:`babybitnet.addonly.packed_linear` end here. No Python checks:
+    this is the hot path of ``PackedBitLinear``, which checks its shapes once at construction (the C++ side
+    still refuses wrong shapes and dtypes, with a RuntimeError). ``ext``: the loaded extension, when the caller
+    has just called :func:`load_extension` (each call reads the environment, about a microsecond). Raises
+    RuntimeError if the extension is unavailable.
     """
-    ext = load_extension()
     if ext is None:
-        raise RuntimeError(f"the C++ kernel is unavailable ({NO_EXT_ENV} is set or it failed to build)")
+        ext = load_extension()
+        if ext is None:
+            raise RuntimeError(f"the C++ kernel is unavailable ({NO_EXT_ENV} is set or it failed to build)")
     return ext.ternary_linear(x, packed, s_w, bias, EPS)

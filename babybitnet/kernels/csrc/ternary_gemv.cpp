@@ -27,8 +27,9 @@
 // Portable path (no AVX2): plain loops over the packed bytes, the same arithmetic, int32 sums.
 //
 // ternary_linear is the whole inference layer in one call (what babybitnet.addonly.packed_linear
-// computes with a dozen torch ops): per-token absmax quantization of float32 activations, written
-// straight into the plane layout, the add-only GEMV, and the one rescale per output (+ bias). At
+// computes with a dozen torch ops): per-token absmax quantization of float32 activations, moved into
+// the plane layout by a few shuffles per 128 inputs (block_to_planes), the add-only GEMV, and the one
+// rescale per output, 8 at a time (+ bias). At
 // babyGPT's size a token's matmul takes microseconds, so a dozen tensor ops around it (each a
 // dispatch and an allocation) cost more than the matmul itself. The float steps are the very same
 // IEEE operations, in the same order, as quant.quantize_activations and bitlinear.int_linear, so the
@@ -68,17 +69,46 @@ inline int64_t row_grain(int64_t M, int64_t K) {
 
 #ifdef __AVX2__
 
+// One block of 128 int8 inputs (natural order) -> the plane layout: dst[k*32 + i] = q[4i + k].
+//
+// A transpose of bytes, in registers: pshufb gathers, in each 128-bit lane, the 4 bytes of each plane
+// (one dword per plane: lane = [P0 P1 P2 P3] of its 4 groups of 4 inputs); permd pairs the two lanes'
+// dwords of a plane into one qword (8 inputs of that plane); a 4x4 transpose of qwords (unpack, then
+// permute2x128) puts each plane's 4 qwords side by side. 20 instructions where a scalar loop stores 128 bytes.
+inline void block_to_planes(const int8_t* q, int8_t* dst) {
+  const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                          0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i pair = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i a[4];  // a[r] = qwords [plane 0, 1 | 2, 3] of inputs 32r..32r+31
+  for (int r = 0; r < 4; ++r) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + r * kPlane));
+    a[r] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, gather), pair);
+  }
+  const __m256i t0 = _mm256_unpacklo_epi64(a[0], a[1]), t1 = _mm256_unpackhi_epi64(a[0], a[1]);
+  const __m256i t2 = _mm256_unpacklo_epi64(a[2], a[3]), t3 = _mm256_unpackhi_epi64(a[2], a[3]);
+  __m256i* out = reinterpret_cast<__m256i*>(dst);
+  _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(t0, t2, 0x20));
+  _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(t1, t3, 0x20));
+  _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
+  _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(t1, t3, 0x31));
+}
+
+// One token's int8 row (K inputs) -> the plane layout (Kp = K rounded up to 128, zeros past the end).
+// ``pad`` is scratch of kBlock bytes for the partial last block.
+inline void row_to_planes(const int8_t* q, int64_t K, int64_t Kp, int8_t* dst, int8_t* pad) {
+  int64_t j = 0;
+  for (; j + kBlock <= K; j += kBlock) block_to_planes(q + j, dst + j);
+  if (j < Kp) {
+    std::memset(pad, 0, kBlock);
+    std::memcpy(pad, q + j, static_cast<size_t>(K - j));
+    block_to_planes(pad, dst + j);
+  }
+}
+
 // x_perm[m, b*128 + k*32 + i] = x[m, b*128 + 4i + k], zero past the end of the row.
 void permute_planes(const int8_t* x, int64_t M, int64_t K, int64_t Kp, int8_t* x_perm) {
-  std::memset(x_perm, 0, static_cast<size_t>(M * Kp));
-  for (int64_t m = 0; m < M; ++m) {
-    const int8_t* xr = x + m * K;
-    int8_t* pr = x_perm + m * Kp;
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t b = j / kBlock, r = j % kBlock;
-      pr[b * kBlock + (r % 4) * kPlane + r / 4] = xr[j];
-    }
-  }
+  alignas(32) int8_t pad[kBlock];
+  for (int64_t m = 0; m < M; ++m) row_to_planes(x + m * K, K, Kp, x_perm + m * Kp, pad);
 }
 
 // The 4 weight planes of one block of 32 packed bytes, as int8 in {-1, 0, +1}.
@@ -147,7 +177,9 @@ void rows_avx2(const int8_t* x_perm, int64_t M, int64_t Kp, const uint8_t* packe
   const bool half_tail = KB - (nblocks - 1) * kBlockBytes <= kBlockBytes / 2;
   const int64_t tail_off = (nblocks - 1) * kBlock;
   const __m256i zero = _mm256_setzero_si256();
-  std::vector<__m256i> w(static_cast<size_t>(kRows * nblocks * 4));
+  // the decoded weights of one tile: scratch kept per thread, so that a call allocates nothing
+  thread_local std::vector<__m256i> w;
+  w.resize(static_cast<size_t>(kRows * nblocks * 4));
   alignas(16) int32_t res[kRows];
   for (int64_t n = n0; n < n1; n += kRows) {
     const int R = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
@@ -327,18 +359,6 @@ float quantize_row(const float* x, int64_t K, float eps, int8_t* q) {
   return s;
 }
 
-#ifdef __AVX2__
-// One token's int8 row (K) -> the plane layout of the AVX2 kernel (Kp, zero-padded: the caller zeroes dst).
-inline void to_planes(const int8_t* q, int64_t K, int8_t* dst) {
-  for (int64_t b = 0; b * kBlock < K; ++b) {
-    const int8_t* qb = q + b * kBlock;
-    int8_t* db = dst + b * kBlock;
-    const int64_t n = std::min(kBlock, K - b * kBlock);
-    for (int64_t r = 0; r < n; ++r) db[(r & 3) * kPlane + (r >> 2)] = qb[r];  // input 4i+k -> plane k, lane i
-  }
-}
-#endif
-
 }  // namespace
 
 // The BitLinear inference layer in one call: y = (x_i @ W_t^T) / (s_x * s_w[row]) (+ bias).
@@ -386,11 +406,17 @@ torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tenso
 #ifdef __AVX2__
   const int64_t Kp = (K + kBlock - 1) / kBlock * kBlock;
   thread_local std::vector<int8_t> x_perm, q_row;
-  x_perm.assign(static_cast<size_t>(M * Kp), 0);
+  x_perm.resize(static_cast<size_t>(M * Kp));  // every row is written in full below: no need to zero it
   q_row.resize(static_cast<size_t>(K));
+  alignas(32) int8_t pad[kBlock];
   for (int64_t m = 0; m < M; ++m) {
+    int8_t* row = x_perm.data() + m * Kp;
     s_x[m] = quantize_row(px + m * K, K, feps, q_row.data());
-    if (!std::isnan(s_x[m])) to_planes(q_row.data(), K, x_perm.data() + m * Kp);  // NaN: the row stays zero
+    if (std::isnan(s_x[m])) {
+      std::memset(row, 0, static_cast<size_t>(Kp));  // NaN: the row stays zero (its outputs become NaN below)
+    } else {
+      row_to_planes(q_row.data(), K, Kp, row, pad);
+    }
   }
   const int8_t* pq = x_perm.data();
   at::parallel_for(0, N, row_grain(M, Kp), [&](int64_t n0, int64_t n1) { rows_avx2(pq, M, Kp, pk, KB, acc, N, n0, n1); });
@@ -411,10 +437,21 @@ torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tenso
     const float sx = s_x[m];
     const int32_t* am = acc + m * N;
     float* om = po + m * N;
+    int64_t n = 0;
+#ifdef __AVX2__
+    // 8 outputs at a time: the same IEEE conversion, product, division and sum as the scalar lines below
+    const __m256 vsx = _mm256_set1_ps(sx);
+    for (; n + 8 <= N; n += 8) {
+      const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(am + n)));
+      __m256 y = _mm256_div_ps(a, _mm256_mul_ps(vsx, _mm256_loadu_ps(sr + n)));
+      if (pb) y = _mm256_add_ps(y, _mm256_loadu_ps(pb + n));
+      _mm256_storeu_ps(om + n, y);
+    }
+#endif
     if (pb) {
-      for (int64_t n = 0; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]) + pb[n];
+      for (; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]) + pb[n];
     } else {
-      for (int64_t n = 0; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]);
+      for (; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]);
     }
   }
   return out;

@@ -1,0 +1,52 @@
+"""The C++ layer (``kernels.cpu.ext_linear``) at the seed's shapes, bit for bit the torch steps."""
+
+import pytest
+import torch
+from helpers import exact
+from helpers import ternary_case as random_case
+
+from babybitnet.bitlinear import int_linear
+from babybitnet.kernels import cpu
+from babybitnet.packing import pack_2bit
+from babybitnet.quant import ternarize
+
+
+@pytest.fixture(scope="module")
+def ext():
+    e = cpu.load_extension()
+    if e is None:
+        pytest.skip("C++ extension unavailable")
+    return e
+
+
+# K = 64 and 256: the seed's layers (one half-filled block, two full ones); 130 and 300: partial last blocks.
+# M = 32: the sliding window past block_size, where the plane layout is built for every row of the window.
+@pytest.mark.parametrize("k", [64, 130, 256, 300])
+@pytest.mark.parametrize("m", [1, 2, 7, 32])
+def test_ext_linear_is_int_linear_bit_for_bit(ext, k, m):
+    g = torch.Generator().manual_seed(k * 100 + m)
+    n, groups = 36, 3  # 36: 9 row tiles of 4, and N % 8 = 4 leaves a scalar tail in the rescale
+    w_t, s_w = ternarize(torch.randn(n, k, generator=g), groups)
+    x = torch.randn(1, m, k, generator=g) * 3
+    x[0, 0, 0] = 0.0  # exact zeros and ties of the rounding take the same path as torch's
+    bias = torch.randn(n, generator=g)
+    want = int_linear(x, w_t.to(torch.int8), s_w)
+    packed = pack_2bit(w_t.to(torch.int8))
+    assert torch.equal(cpu.ext_linear(x, packed, s_w), want)
+    assert torch.equal(cpu.ext_linear(x, packed, s_w, bias, ext=ext), want + bias)
+
+
+def test_ext_linear_row_with_nan_gives_nan_only_there(ext):
+    g = torch.Generator().manual_seed(0)
+    w_t, s_w = ternarize(torch.randn(16, 256, generator=g))
+    x = torch.randn(32, 256, generator=g)
+    x[5, 17] = float("nan")
+    y = cpu.ext_linear(x, pack_2bit(w_t.to(torch.int8)), s_w)
+    assert y[5].isnan().all() and not y[torch.arange(32) != 5].isnan().any()
+    assert torch.equal(y[:5], int_linear(x[:5], w_t, s_w))
+
+
+@pytest.mark.parametrize("k", [4, 64, 132, 256])
+def test_ext_matmul_packed_exact_at_window_sizes(ext, k):
+    x_q, w_t = random_case(32, 20, k, seed=k)
+    assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), exact(x_q, w_t))
