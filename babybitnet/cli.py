@@ -594,6 +594,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=positive_int, default=None, help="CPU threads for both models (default: torch's, all cores)"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU only: one more generation per model, timing every module; prints ms per token by kind of module",
+    )
     _add_json_out(p, "runs/bench_generate.json")
 
 
@@ -669,7 +674,7 @@ def cmd_bench_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_generate(args: argparse.Namespace) -> int:
-    from babybitnet.experiments.bench import bench_generate, generate_table
+    from babybitnet.experiments.bench import bench_generate, generate_table, profile_table
     from babybitnet.runtime import resolve_device
 
     check_results_file(args.out)
@@ -684,8 +689,11 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         compile=bool(args.compile),
         threads=args.threads,
+        profile=args.profile,
     )
     print(generate_table(r))
+    if args.profile:
+        print(f"\n{profile_table(r)}")
     write_results(args.out, r)
     return 0
 

@@ -174,3 +174,41 @@ def test_bench_generate_cli(tmp_path, capsys):
     assert "packed babyBitNet" in printed and f"wrote {out}" in printed
     r = json.loads(out.read_text())
     assert r["tokens"] == 4 and r["dtype"] == "float32" and r["same_tokens"] is True
+
+
+def test_module_profile_counts_self_time_and_adds_up():
+    import time
+
+    from babybitnet.experiments.bench import OUTSIDE, module_profile
+
+    class Sleepy(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    model = torch.nn.Sequential(Sleepy(), torch.nn.Identity())
+    t0 = time.perf_counter()
+    seconds = module_profile(model, lambda: model(torch.zeros(1)))
+    whole = time.perf_counter() - t0
+    assert seconds["Sleepy"] >= 0.02
+    assert seconds["Sequential"] < seconds["Sleepy"]  # the child's time is not counted twice
+    assert set(seconds) == {"Sleepy", "Sequential", "Identity", OUTSIDE}
+    assert sum(seconds.values()) <= whole and sum(seconds.values()) == pytest.approx(whole, abs=0.01)
+    assert not model._forward_hooks and not model[0]._forward_pre_hooks  # the hooks are gone after
+
+
+def test_bench_generate_profile(capsys):
+    r = bench_generate("quick", tokens=4, device="cpu", dtype=torch.float32, repeats=1, profile=True)
+    prof = r["profile"]
+    assert set(prof) == {"gpt", "bitnet", "bitnet_packed"}
+    assert "Linear" in prof["gpt"] and "BitLinear" in prof["bitnet"] and "PackedBitLinear" in prof["bitnet_packed"]
+    assert "BitLinear" not in prof["gpt"] and all(ms >= 0 for ms in prof["gpt"].values() if ms)
+    from babybitnet.experiments.bench import profile_table
+
+    table = profile_table(r)
+    assert "| PackedBitLinear |" in table and "| total |" in table
+    with pytest.raises(ValueError, match="profile times each module"):
+        bench_generate("quick", tokens=4, device="meta", profile=True)
+    args = ["bench", "generate", "--device", "cpu", "--preset", "quick", "--tokens", "3", "--repeats", "1"]
+    assert main([*args, "--profile", "--out", ""]) == 0
+    assert "time per token by kind of module" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -114,6 +115,7 @@ def bench_generate(
     repeats: int = 3,
     compile: bool = False,
     threads: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """Tokens per second of greedy generation, batch 1, with the KV cache: babyGPT, babyBitNet, packed babyBitNet.
 
@@ -130,8 +132,15 @@ def bench_generate(
     Past ``block_size`` tokens generation drops the cache (see ``GPT.generate``):
     ``tokens_with_cache`` says how many steps had it. ``threads``: torch's CPU threads for the
     run, the same for every model (None: leave torch's setting); the old value comes back after.
+    ``profile`` (CPU only): one more generation per model under :func:`module_profile`, whose
+    milliseconds per token by kind of module go in the result's ``profile``.
     """
     dev = resolve_device(device)
+    if profile and dev.type != "cpu":
+        raise ValueError(
+            "profile times each module's Python call on the CPU; on a GPU the decode step is one CUDA graph "
+            "(use torch.profiler or nsys there): drop --profile or use --device cpu"
+        )
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if tokens < 1 or repeats < 1:
         raise ValueError(f"tokens and repeats must be at least 1, got {tokens} and {repeats}")
@@ -141,13 +150,20 @@ def bench_generate(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench_generate(preset, tokens, prompt, dev, dtype, repeats, compile)
+        return _bench_generate(preset, tokens, prompt, dev, dtype, repeats, compile, profile)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _bench_generate(
-    preset: str, tokens: int, prompt: str, dev: torch.device, dtype: torch.dtype, repeats: int, compile: bool
+    preset: str,
+    tokens: int,
+    prompt: str,
+    dev: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    compile: bool,
+    profile: bool = False,
 ) -> dict:
     """:func:`bench_generate` once the threads are set."""
     from babybitnet.kernels.cpu import load_extension
@@ -198,6 +214,11 @@ def _bench_generate(
             "text": tok.decode(outputs[name][0]),
         }
     block_size = gpt.config.block_size
+    profiles = {}
+    if profile:  # after the timed rounds: the hooks slow every module call down a little
+        for name, model in models.items():
+            seconds = module_profile(model, lambda name=name: run(name))
+            profiles[name] = {kind: 1000 * t / tokens for kind, t in seconds.items()}  # ms per token
     return {
         "preset": preset,
         "machine": machine_info(dev),
@@ -224,7 +245,67 @@ def _bench_generate(
         "ratio_packed_over_gpt": results["bitnet_packed"]["tokens_per_s"] / results["gpt"]["tokens_per_s"],
         "ratio_packed_over_bitnet": results["bitnet_packed"]["tokens_per_s"] / results["bitnet"]["tokens_per_s"],
         "same_tokens": bool(torch.equal(outputs["bitnet"], outputs["bitnet_packed"])),
+        **({"profile": profiles} if profile else {}),
     }
+
+
+OUTSIDE = "(outside any module)"  # module_profile's name for the time not spent in a module's forward
+
+
+def module_profile(model: torch.nn.Module, run: Callable[[], object]) -> dict[str, float]:
+    """Seconds of ``run()`` (on the CPU) spent in each kind of module of ``model``, by class name.
+
+    Self time: a module's time without its children's, so the kinds add up to the whole run;
+    :data:`OUTSIDE` is the rest (generate's loop, sampling, concatenating the tokens). Timed with
+    forward hooks on every module, which add a microsecond or two to each call: good for where the
+    time goes, not for absolute speed. On the CPU a module's call returns when its work is done;
+    on a GPU it returns as soon as its kernels are queued, so this would time the queueing.
+    """
+    stack: list[list[float]] = []  # one [start, children's seconds] per module being run
+    totals: dict[str, float] = {}
+
+    def enter(module: torch.nn.Module, args: object) -> None:
+        stack.append([time.perf_counter(), 0.0])
+
+    def leave(module: torch.nn.Module, args: object, out: object) -> None:
+        start, children = stack.pop()
+        spent = time.perf_counter() - start
+        kind = type(module).__name__
+        totals[kind] = totals.get(kind, 0.0) + spent - children
+        if stack:
+            stack[-1][1] += spent
+
+    modules = list(model.modules())
+    handles = [m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]
+    try:
+        t0 = time.perf_counter()
+        run()
+        whole = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    totals[OUTSIDE] = whole - sum(totals.values())
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def profile_table(r: dict) -> str:
+    """Markdown: ms per token by kind of module for each model of a ``bench_generate(profile=True)`` result."""
+    prof = r["profile"]
+    kinds = list(dict.fromkeys(k for name in GENERATE_MODELS for k in prof[name]))
+    lines = [
+        "time per token by kind of module (self time, forward hooks; ms per token, share of the model's total)",
+        "",
+        "| module | " + " | ".join(GENERATE_MODELS.values()) + " |",
+        "| --- |" + " ---: |" * len(GENERATE_MODELS),
+    ]
+    totals = {name: sum(prof[name].values()) for name in GENERATE_MODELS}
+    for kind in kinds + ["total"]:
+        cells = []
+        for name in GENERATE_MODELS:
+            ms = totals[name] if kind == "total" else prof[name].get(kind)
+            cells.append("" if ms is None else f"{ms:.3f} ({100 * ms / totals[name]:.0f}%)")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def generate_table(r: dict) -> str:
