@@ -376,7 +376,7 @@ plt.show()
 # Every pure-PyTorch version above builds big intermediate tensors, writes
 # them to memory and reads them back: the masks, the selected values, the
 # indices. A kernel does the whole dot product in registers and reads each
-# packed byte once. `babybitnet/kernels/csrc/ternary_gemv.cpp` (about 200 lines, read
+# packed byte once. `babybitnet/kernels/csrc/ternary_gemv.cpp` (about 480 lines with its comments, read
 # it!) does that with AVX2, the 256-bit vector instructions of x86 CPUs:
 #
 # - **32 packed bytes = 128 weights fill one register.** Bit pair $k$ of byte

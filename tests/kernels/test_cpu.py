@@ -50,3 +50,35 @@ def test_ext_linear_row_with_nan_gives_nan_only_there(ext):
 def test_ext_matmul_packed_exact_at_window_sizes(ext, k):
     x_q, w_t = random_case(32, 20, k, seed=k)
     assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), exact(x_q, w_t))
+
+
+# The AVX2 kernels work in blocks of 64 inputs (16 packed bytes) or 16 packed bytes of 16 rows, tiles of 4 or
+# 16 rows and pairs of tokens: K = 16 and 48 (one partial block), 64 (one full), 80 and 130 (a full block and a
+# partial one), 256, 300 (two int16 segments of the rows-in-lanes path); M = 1 (K in the lanes), 2 and 3 (that
+# path or the other, by K), 5 and 32 (rows in the lanes; odd M: the lone last token takes a path of its own);
+# N = 38 leaves partial tiles.
+@pytest.mark.parametrize("k", [16, 48, 64, 80, 130, 256, 300])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 32])
+def test_ext_linear_exact_at_every_block_and_tile_remainder(ext, k, m):
+    g = torch.Generator().manual_seed(k * 1000 + m)
+    n = 38
+    w_t, s_w = ternarize(torch.randn(n, k, generator=g), 2)
+    x = torch.randn(m, k, generator=g) * 2
+    bias = torch.randn(n, generator=g)
+    packed = pack_2bit(w_t.to(torch.int8))
+    assert torch.equal(cpu.ext_linear(x, packed, s_w, bias, ext=ext), int_linear(x, w_t.to(torch.int8), s_w) + bias)
+
+
+# Both AVX2 paths sum in int16 lanes up to 32512 before widening: K in the lanes (3 tokens at large K) for 4096
+# inputs, rows in the lanes (4 tokens) for 256 at a time. The largest possible sums (every |x| = 127 with the
+# weight's sign) reach those bounds; K = 4160 also takes a second segment of the first path.
+@pytest.mark.parametrize("m", [3, 4])
+@pytest.mark.parametrize("k", [4096, 4160])
+def test_ext_matmul_packed_exact_at_the_int16_bound(ext, k, m):
+    x_q, w_t = random_case(m, 6, k, seed=k)
+    x_q = torch.where(x_q < 0, -127, 127).to(torch.int8)
+    w_t[0] = torch.where(x_q[0] < 0, -1, 1).to(torch.int8)  # row 0, token 0: the largest sum, 127 * k
+    w_t[1] = -w_t[0]  # and the most negative one
+    want = exact(x_q, w_t)
+    assert want[0, 0] == 127 * k and want[0, 1] == -127 * k
+    assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), want)
