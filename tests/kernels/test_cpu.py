@@ -52,11 +52,9 @@ def test_ext_matmul_packed_exact_at_window_sizes(ext, k):
     assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), exact(x_q, w_t))
 
 
-# The AVX2 kernels work in blocks of 64 inputs (16 packed bytes) or 16 packed bytes of 16 rows, tiles of 4 or
-# 16 rows and pairs of tokens: K = 16 and 48 (one partial block), 64 (one full), 80 and 130 (a full block and a
-# partial one), 256, 300 (two int16 segments of the rows-in-lanes path); M = 1 (K in the lanes), 2 and 3 (that
-# path or the other, by K), 5 and 32 (rows in the lanes; odd M: the lone last token takes a path of its own);
-# N = 38 leaves partial tiles.
+# The AVX2 kernel works in blocks of 128 inputs (32 packed bytes) and tiles of 4 output rows: K = 16, 48, 64 and
+# 80 (one partial block), 130 (a full block and a few inputs), 256 (two full), 300 (two and a partial one);
+# M from 1 to 32 tokens (the window of the seed's generation); N = 38 leaves a partial tile.
 @pytest.mark.parametrize("k", [16, 48, 64, 80, 130, 256, 300])
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 32])
 def test_ext_linear_exact_at_every_block_and_tile_remainder(ext, k, m):
@@ -69,9 +67,8 @@ def test_ext_linear_exact_at_every_block_and_tile_remainder(ext, k, m):
     assert torch.equal(cpu.ext_linear(x, packed, s_w, bias, ext=ext), int_linear(x, w_t.to(torch.int8), s_w) + bias)
 
 
-# Both AVX2 paths sum in int16 lanes up to 32512 before widening: K in the lanes (3 tokens at large K) for 4096
-# inputs, rows in the lanes (4 tokens) for 256 at a time. The largest possible sums (every |x| = 127 with the
-# weight's sign) reach those bounds; K = 4160 also takes a second segment of the first path.
+# The largest possible sums (every |x| = 127 with the weight's sign, +-127 K) must come out exact, whatever
+# width the kernel accumulates in on the way: K = 4096 and 4160 (a partial block at the end).
 @pytest.mark.parametrize("m", [3, 4])
 @pytest.mark.parametrize("k", [4096, 4160])
 def test_ext_matmul_packed_exact_at_the_int16_bound(ext, k, m):
