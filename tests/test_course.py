@@ -391,13 +391,16 @@ def run_by_the_site_build(path: Path) -> float | None:
 def test_solution_lesson_runs_as_a_script(path):
     limit = timing.CPU_LIMIT_S
     cpu = run_by_the_site_build(path)
-    if cpu is not None:  # ran without error in the site build, this content: not again
-        assert cpu <= limit, f"{path.name} used {cpu:.0f} s of CPU in the site build; the budget is {limit:.0f} s"
+    if cpu is not None and cpu <= limit:  # ran without error in the site build, this content: not again
         return
+    # Not run by the site build, or over the budget there. CPU seconds are not quite proof against a busy
+    # machine (two vCPUs that share one physical core each do less per second when both are busy), so a
+    # lesson over its budget in the build is timed once more on its own before the test says so.
+    site = "" if cpu is None else f" (and {cpu:.0f} s in the site build)"
     run = timing.run_lesson(path, cpu_limit=limit, env=env())
     assert run["error"] is None, f"{path.name}: {run['error']}:\n{run['output_tail']}"
     assert run["cpu_s"] <= limit, (
-        f"{path.name} used {run['cpu_s']:.0f} s of CPU ({run['wall_s']:.0f} s wall); the budget is {limit:.0f} s "
+        f"{path.name} used {run['cpu_s']:.0f} s of CPU ({run['wall_s']:.0f} s wall){site}; the budget is {limit:.0f} s "
         "(python -m babybitnet.course.timing times every lesson)"
     )
 

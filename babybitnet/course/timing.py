@@ -3,7 +3,10 @@
 Every lesson must run as a script in at most :data:`CPU_LIMIT_S` seconds of **CPU time** (user + system,
 all its threads, and any process it waited for). CPU time, not wall time: on a busy machine a lesson
 waits for the cores and its wall time grows without bound, but the work it does stays the same, so a
-budget in CPU seconds holds whatever else runs (the wall time is reported too, for the reader).
+budget in CPU seconds mostly holds whatever else runs (the wall time is reported too, for the reader).
+Mostly: where two virtual CPUs share one physical core, each does less per second while both are busy,
+and the same lesson then costs more CPU seconds (lesson 11 once took 112 s in a site build beside
+other work on our 2-vCPU machine, and 45 s alone).
 
 Each lesson runs in a subprocess of its own, in the lesson's folder (where Jupyter starts its kernel),
 with matplotlib's non-interactive backend; its CPU time comes from ``os.wait4``, the kernel's own
