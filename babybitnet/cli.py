@@ -597,7 +597,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="CPU only: one more generation per model, timing every module; prints ms per token by kind of module",
+        help="one more generation per model, to say where a token goes: on the CPU ms per token by kind of module "
+        "(forward hooks); on CUDA GPU ms per token by kind of kernel (torch.profiler, the eager step)",
     )
     _add_json_out(p, "runs/bench_generate.json")
 
@@ -694,6 +695,10 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     print(generate_table(r))
     if args.profile:
         print(f"\n{profile_table(r)}")
+        for name, top in r.get("top_kernels", {}).items():
+            print(f"\n{name}: the longest kernels (ms per token, calls per token)")
+            for kernel, ms, calls in top:
+                print(f"  {ms:8.4f}  {calls:6.1f}  {kernel}")
     write_results(args.out, r)
     return 0
 

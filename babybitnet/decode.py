@@ -19,14 +19,20 @@ stay in place between tokens:
 
 :func:`decode_step` is that step in plain PyTorch; it runs anywhere (the CPU tests compare it with
 ``GPT.generate``). :func:`generate` runs it eagerly, or captured in a graph on CUDA.
+
+For a packed babyBitNet, :func:`fold_prenorms` first moves each block's pre-norm into the packed
+layers it feeds, whose GPU kernel then applies the norm as it reads its inputs: one kernel less
+per norm, which babyGPT's step still launches.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from babybitnet.attention import CausalSelfAttention
 
@@ -47,18 +53,72 @@ class StaticCache:
         self.pos.zero_()  # stale keys past pos are masked, so they need no clearing
 
 
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that shares its tensors but has its own dict of children, to swap some of them."""
+    view = copy.copy(module)
+    view._modules = dict(module._modules)
+    return view
+
+
+def fold_prenorms(model: nn.Module) -> nn.Module:
+    """A view of a packed model in which each block's pre-norm sits inside the packed layers it feeds.
+
+    In ``x + attn(ln1(x))`` the output of ``ln1`` feeds only ``attn.qkv``; that of ``ln2`` only the
+    feed-forward's first layer (``fc``, or both ``gate`` and ``up``). A PackedBitLinear with a
+    ``norm`` applies it first, so giving it the block's norm and leaving an Identity in the norm's
+    place computes the same function (on the CPU the very same operations). On a GPU the one-launch
+    kernel then normalises x as it reads it: a norm costs no kernel of its own.
+
+    The view's modules are shallow copies: every tensor is shared with ``model``, which is unchanged.
+    A model with nothing to fold (babyGPT, an unpacked babyBitNet, norms inside every BitLinear
+    already) comes back as it is.
+    """
+    from babybitnet.packed import PackedBitLinear  # here, not at the top: packed imports gpt, which imports us
+
+    def takes_norm(layer: nn.Module) -> bool:
+        return isinstance(layer, PackedBitLinear) and layer.norm is None
+
+    blocks = []
+    for block in getattr(model, "blocks", []):
+        view = block
+        if isinstance(block.ln1, nn.RMSNorm) and takes_norm(block.attn.qkv):
+            view, attn = _shallow(block), _shallow(block.attn)
+            attn.qkv = _shallow(block.attn.qkv)
+            attn.qkv.norm, view.attn, view.ln1 = block.ln1, attn, nn.Identity()
+        firsts = [name for name in ("fc", "gate", "up") if hasattr(block.mlp, name)]
+        if isinstance(block.ln2, nn.RMSNorm) and all(takes_norm(getattr(block.mlp, f)) for f in firsts):
+            view = _shallow(block) if view is block else view
+            mlp = _shallow(block.mlp)
+            for name in firsts:
+                layer = _shallow(getattr(block.mlp, name))
+                layer.norm = block.ln2
+                setattr(mlp, name, layer)
+            view.mlp, view.ln2 = mlp, nn.Identity()
+        blocks.append(view)
+    if all(a is b for a, b in zip(blocks, getattr(model, "blocks", []), strict=True)):
+        return model
+    folded = _shallow(model)
+    folded.blocks = nn.ModuleList(blocks)
+    return folded
+
+
 def _attend(
-    attn: CausalSelfAttention, h: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache
+    attn: CausalSelfAttention,
+    h: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache: StaticCache,
+    seen: torch.Tensor,
 ) -> torch.Tensor:
     """One new token per sequence through ``attn``, its k and v written into the static cache at ``cache.pos``.
 
     The same pieces as ``CausalSelfAttention.forward`` (heads, RoPE at ``cache.pos``, shared heads, SubLN, proj).
+    ``seen`` (1, 1, 1, block_size) bool: the cached positions the new token attends to.
     """
     q, k, v = attn.split_heads(h)
     q, k = attn.rotate(q, k, cache.pos)
     k_cache.index_copy_(2, cache.pos, k.to(k_cache.dtype))
     v_cache.index_copy_(2, cache.pos, v.to(v_cache.dtype))
-    seen = (cache.positions <= cache.pos).view(1, 1, 1, -1)  # the new token sees itself and every earlier one
     keys, values = attn.expand_kv(k_cache.to(q.dtype), v_cache.to(q.dtype))
     y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen, scale=attn.scale)
     return attn.merge_heads(y)
@@ -73,8 +133,10 @@ def decode_step(model: torch.nn.Module, cache: StaticCache, tok: torch.Tensor) -
     x = model.tok_emb(tok)
     if model.pos_emb is not None:  # with RoPE the attention rotates q and k at cache.pos instead
         x = x + model.pos_emb(cache.pos)
+    # the new token sees itself and every earlier one: one mask for all layers (a kernel, not one per layer)
+    seen = (cache.positions <= cache.pos).view(1, 1, 1, -1)
     for i, block in enumerate(model.blocks):
-        x = x + _attend(block.attn, block.ln1(x), cache.k[i], cache.v[i], cache)
+        x = x + _attend(block.attn, block.ln1(x), cache.k[i], cache.v[i], cache, seen)
         x = x + block.mlp(block.ln2(x))
     cache.pos.add_(1)
     return model.lm_head(model.ln_f(x))[:, -1, :]
@@ -106,7 +168,7 @@ class Decoder:
     def __init__(
         self, model: torch.nn.Module, batch: int, temperature: float, top_k: int | None, graph: bool, compile: bool
     ):
-        self.model, self.temperature, self.top_k = model, temperature, top_k
+        self.model, self.temperature, self.top_k = fold_prenorms(model), temperature, top_k
         # torch.compile fuses the small ops between the matmuls (norms, adds, activations, the mask): at
         # batch 1 they are most of the kernels of a step; the packed layers stay one opaque op each
         self.decode_step = torch.compile(decode_step, dynamic=False) if compile else decode_step

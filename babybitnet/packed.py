@@ -106,10 +106,13 @@ class PackedBitLinear(nn.Module):
                 f"PackedBitLinear({self.in_features} -> {self.out_features}) expects inputs whose last dimension "
                 f"is {self.in_features}, got shape {tuple(x.shape)}"
             )
-        if self.norm is not None:
-            x = self.norm(x)
         fast = self.fmt == "2bit" and self.act_bits == 8  # what the kernels take
         bias = self.bias
+        if x.is_cuda and fast and _triton_available():
+            y = self._gpu_linear(x)  # with the norm, inside the kernel where it can be
+            return y if bias is None else y + bias
+        if self.norm is not None:
+            x = self.norm(x)
         ext = load_extension() if fast and x.device.type == "cpu" else None
         if ext is not None and x.dtype == torch.float32 and self.scale.dtype == torch.float32:
             # the hot path at decode: quantize, add-only GEMV, rescale (and bias) in one C++ call,
@@ -125,8 +128,6 @@ class PackedBitLinear(nn.Module):
             y = ext_linear(x, self.packed, self.scale, ext=ext)  # a bias that needs its gradient: torch adds it
         elif ext is not None:  # other dtypes: the torch steps around the same kernel
             y = packed_linear(x, self.packed, self.scale, self.in_features)
-        elif x.is_cuda and fast and _triton_available():
-            y = self._gpu_linear(x)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
             # (no value checks here: they would wait for the GPU every call; the file's checksum and
@@ -142,8 +143,16 @@ class PackedBitLinear(nn.Module):
         the first call times every candidate (the one-launch dp4a GEMV, quantizer + dp4a GEMV, the
         int8 tensor-core GEMM, cuBLAS on weights unpacked on the fly) and keeps the fastest, in
         memory and in ``~/.cache/babybitnet/tuning.json`` (:mod:`babybitnet.kernels.tuning`).
+        The RMSNorm in front (``norm``) goes to the kernel too: the one-launch kernel applies it as it
+        reads x, so it costs no launch of its own.
         """
-        y = gpu_packed_linear(x.reshape(-1, self.in_features), self.packed, self.scale, self.in_features)
+        norm, w, eps = self.norm, None, 0.0
+        if norm is not None and norm.weight is not None:
+            w, eps = norm.weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        elif norm is not None:  # a norm without a weight (elementwise_affine=False): torch runs it
+            x = norm(x)
+        x2 = x.reshape(-1, self.in_features)
+        y = gpu_packed_linear(x2, self.packed, self.scale, self.in_features, w, eps)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -84,3 +86,43 @@ def test_graph_replay_equals_eager_on_cuda(linear):
     graphed = decode.generate(model, idx, 9, graph=True)
     assert torch.equal(eager, graphed)
     assert torch.equal(decode.generate(model, idx, 9, graph=True), graphed)  # the captured graph is reused
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "gated"])
+def test_fold_prenorms_moves_each_norm_into_the_packed_layers_it_feeds(ffn):
+    kw = dict(ffn="gated", activation="relu2") if ffn == "gated" else {}
+    packed = pack_model(tiny("bitnet", seed=5, **kw))
+    before = {k: v.clone() for k, v in packed.state_dict().items()}
+    folded = decode.fold_prenorms(packed)
+    firsts = ("gate", "up") if ffn == "gated" else ("fc",)
+    for block, orig in zip(folded.blocks, packed.blocks, strict=True):
+        assert isinstance(block.ln1, torch.nn.Identity) and isinstance(block.ln2, torch.nn.Identity)
+        assert block.attn.qkv.norm is orig.ln1 and block.attn.proj.norm is None
+        assert all(getattr(block.mlp, f).norm is orig.ln2 for f in firsts)
+        assert block.attn.qkv.packed is orig.attn.qkv.packed  # a view: the tensors are shared
+        # the model itself is unchanged
+        assert isinstance(orig.ln1, torch.nn.RMSNorm) and orig.attn.qkv.norm is None
+        assert all(getattr(orig.mlp, f).norm is None for f in firsts)
+    after = packed.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    idx = torch.tensor([[1, 4, 2, 7]])
+    want, _ = packed(idx)
+    got, _ = folded(idx)
+    assert torch.equal(got, want)  # on the CPU the very same operations
+    got_tokens = decode.generate(packed, idx, 6, graph=False)
+    assert torch.equal(got_tokens, packed.generate(idx, 6, temperature=0, use_cache=False))
+
+
+def test_fold_prenorms_leaves_other_models_alone():
+    for model in (tiny("fp"), tiny("bitnet"), pack_model(tiny("bitnet", bitlinear_norm=True))):
+        assert decode.fold_prenorms(model) is model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused norm runs in the GPU kernel")
+def test_folded_norms_on_cuda_give_the_logits_of_the_cpu():
+    packed = pack_model(tiny("bitnet", seed=6, n_embd=64, n_head=4))
+    idx = torch.tensor([[1, 4, 2, 7]])
+    want, _ = packed(idx)
+    cuda = copy.deepcopy(packed).cuda()
+    got, _ = decode.fold_prenorms(cuda)(idx.cuda())
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-3, atol=1e-3)

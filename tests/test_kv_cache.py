@@ -207,8 +207,25 @@ def test_bench_generate_profile(capsys):
 
     table = profile_table(r)
     assert "| PackedBitLinear |" in table and "| total |" in table
-    with pytest.raises(ValueError, match="profile times each module"):
+    with pytest.raises(ValueError, match="profile works on the CPU .* and on CUDA"):
         bench_generate("quick", tokens=4, device="meta", profile=True)
     args = ["bench", "generate", "--device", "cpu", "--preset", "quick", "--tokens", "3", "--repeats", "1"]
     assert main([*args, "--profile", "--out", ""]) == 0
-    assert "time per token by kind of module" in capsys.readouterr().out
+    assert "self time per kind of module" in capsys.readouterr().out
+
+
+def test_kernel_kinds():
+    # the GPU profile's categories, from kernel names seen in torch.profiler traces on an H200
+    from babybitnet.experiments.bench import kernel_kind
+
+    kinds = {
+        "bitlinear_dp4a_kernel": "packed linear (ours)",
+        "ternary_gemv_dp4a_kernel": "packed linear (ours)",
+        "quantize_words_kernel": "packed linear (ours)",
+        "nvjet_sm90_tst_8x64_64x16_4x1_v_bz_TNN": "cuBLAS matmul",
+        "cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16": "attention",
+        "triton_poi_fused_add_mul_0": "fused by torch.compile",
+        "Memcpy DtoD (Device -> Device)": "copies",
+        "void at::native::vectorized_layer_norm_kernel<c10::BFloat16, float, true>": "other (norms, elementwise)",
+    }
+    assert {name: kernel_kind(name) for name in kinds} == kinds

@@ -461,3 +461,19 @@ def test_packed_bitlinear_on_cuda_uses_the_kernel_and_matches_the_torch_path(gro
         want = packed(x)  # CPU: unpack + int_linear
         got = packed.cuda()(x.cuda()).cpu()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path of PackedBitLinear runs on CUDA tensors")
+@pytest.mark.parametrize("tokens", [1, 5, 40])
+def test_packed_bitlinear_with_a_norm_on_cuda_matches_the_torch_path(tokens):
+    # the norm runs inside the one-launch kernel (few tokens) or in torch before the others (more)
+    torch.manual_seed(1)
+    layer = BitLinear(128, 64, norm=True).eval()
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    x = torch.randn(tokens, 128) * 3
+    with torch.no_grad():
+        want = packed(x)
+        got = packed.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from babybitnet import decode
 from babybitnet.attention import MultiHeadAttention
 from babybitnet.bitlinear import BitLinear
 from babybitnet.data import CharTokenizer, get_batch, load_dataset, load_text
@@ -132,15 +133,13 @@ def bench_generate(
     Past ``block_size`` tokens generation drops the cache (see ``GPT.generate``):
     ``tokens_with_cache`` says how many steps had it. ``threads``: torch's CPU threads for the
     run, the same for every model (None: leave torch's setting); the old value comes back after.
-    ``profile`` (CPU only): one more generation per model under :func:`module_profile`, whose
-    milliseconds per token by kind of module go in the result's ``profile``.
+    ``profile``: one more generation per model, after the timed rounds, to say where a token's time
+    goes. On the CPU under :func:`module_profile` (ms per token by kind of module); on a GPU under
+    :func:`kernel_profile` (GPU ms per token by kind of kernel, from ``torch.profiler``).
     """
     dev = resolve_device(device)
-    if profile and dev.type != "cpu":
-        raise ValueError(
-            "profile times each module's Python call on the CPU; on a GPU the decode step is one CUDA graph "
-            "(use torch.profiler or nsys there): drop --profile or use --device cpu"
-        )
+    if profile and dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"profile works on the CPU (forward hooks) and on CUDA (torch.profiler), not on {dev.type}")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if tokens < 1 or repeats < 1:
         raise ValueError(f"tokens and repeats must be at least 1, got {tokens} and {repeats}")
@@ -214,8 +213,13 @@ def _bench_generate(
             "text": tok.decode(outputs[name][0]),
         }
     block_size = gpt.config.block_size
-    profiles = {}
-    if profile:  # after the timed rounds: the hooks slow every module call down a little
+    profiles, top_kernels = {}, {}
+    if profile and dev.type == "cuda":  # kernels traced one by one: the eager step, not the graph
+        steps = min(tokens, block_size - idx.shape[1]) + idx.shape[1] - 1  # decode steps, prompt included
+        for name, model in models.items():
+            run_eager = lambda model=model: decode.generate(model, idx, tokens, graph=False, compile=compile)  # noqa: E731
+            profiles[name], top_kernels[name] = kernel_profile(run_eager, steps)
+    elif profile:  # after the timed rounds: the hooks slow every module call down a little
         for name, model in models.items():
             seconds = module_profile(model, lambda name=name: run(name))
             profiles[name] = {kind: 1000 * t / tokens for kind, t in seconds.items()}  # ms per token
@@ -246,7 +250,60 @@ def _bench_generate(
         "ratio_packed_over_bitnet": results["bitnet_packed"]["tokens_per_s"] / results["bitnet"]["tokens_per_s"],
         "same_tokens": bool(torch.equal(outputs["bitnet"], outputs["bitnet_packed"])),
         **({"profile": profiles} if profile else {}),
+        **({"profile_method": PROFILE_METHODS[dev.type], "top_kernels": top_kernels} if top_kernels else {}),
     }
+
+
+PROFILE_METHODS = {
+    "cpu": "self time per kind of module, forward hooks",
+    "cuda": "GPU time per kind of kernel, torch.profiler over the eager decode step (no CUDA graph)",
+}
+
+
+def kernel_kind(name: str) -> str:
+    """What a CUDA kernel of a decode step does, from its name (for :func:`kernel_profile`)."""
+    n = name.lower()
+    if any(s in n for s in ("ternary_", "bitlinear_dp4a", "quantize_words")):
+        return "packed linear (ours)"
+    if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "softmax")):
+        return "attention"
+    if any(s in n for s in ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")):
+        return "cuBLAS matmul"
+    if n.startswith(("triton_", "fused_")):
+        return "fused by torch.compile"
+    if "memcpy" in n or "memset" in n:
+        return "copies"
+    return "other (norms, elementwise)"
+
+
+def kernel_profile(run: Callable[[], object], steps: int) -> tuple[dict[str, float], dict[str, list]]:
+    """GPU milliseconds per decode step of ``run()`` by kind of kernel (:func:`kernel_kind`), and the top kernels.
+
+    The sum is the GPU's busy time, not the wall time: launched one by one from Python, a step also
+    waits between kernels, which a CUDA graph removes. The top kernels: (name, ms per step, calls per
+    step) for the 25 that took longest in all.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    per_kernel: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            total = per_kernel.setdefault(e.name, [0.0, 0])
+            total[0] += e.time_range.elapsed_us() / 1000 / steps
+            total[1] += 1
+    kinds: dict[str, float] = {}
+    for name, (ms, _) in per_kernel.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
+    return (
+        dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        [[name[:120], ms, calls / steps] for name, (ms, calls) in top],
+    )
 
 
 OUTSIDE = "(outside any module)"  # module_profile's name for the time not spent in a module's forward
@@ -292,8 +349,9 @@ def profile_table(r: dict) -> str:
     """Markdown: ms per token by kind of module for each model of a ``bench_generate(profile=True)`` result."""
     prof = r["profile"]
     kinds = list(dict.fromkeys(k for name in GENERATE_MODELS for k in prof[name]))
+    method = r.get("profile_method", PROFILE_METHODS["cpu"])
     lines = [
-        "time per token by kind of module (self time, forward hooks; ms per token, share of the model's total)",
+        f"time per token ({method}; ms per token, share of the model's total)",
         "",
         "| module | " + " | ".join(GENERATE_MODELS.values()) + " |",
         "| --- |" + " ---: |" * len(GENERATE_MODELS),

@@ -20,10 +20,13 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 - ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
   cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
 
+With an RMSNorm before the layer (``norm_weight``), the one-launch kernel applies it itself; every
+other candidate runs ``F.rms_norm`` first, and the tuner times them that way (a key of its own).
+
 Without tuning (Triton's interpreter, CPU tensors, ``BABYBITNET_TUNE=0``) a fixed default
-(:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048,
-else dp4a; more tokens -> mma. While a CUDA graph is captured, nothing is timed: the stored choice,
-else the default.
+(:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048
+(or with a norm to fuse), else dp4a; more tokens -> mma. While a CUDA graph is captured, nothing
+is timed: the stored choice, else the default.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from babybitnet.packing import unpack_2bit
 from babybitnet.quant import quantize_activations, row_scales
 
 KERNEL = "packed_linear"  # the tuning key's kernel name
+NORMED = "packed_linear+norm"  # ... for the layers with an RMSNorm first
 ONE_LAUNCH_MAX_K = 2048  # default: past this, re-quantizing the inputs in every program costs more than a second launch
 DP4A_MAX_M = 32  # candidates: the dp4a GEMV up to this many tokens
 MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
@@ -55,7 +59,9 @@ FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) 
 # choices and every time are in babybitnet/results/tuning_h200.json). Most others came within a few
 # percent of these, and each candidate costs a Triton compile (about a second) the first time a shape is
 # seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
-TUNE_BITLINEAR = ((4, 32, 1), (16, 32, 4))
+# (32, 32, 4) and (8, 256, 8) won at 2B4T's 2560-wide shapes at batch 1 when every config was timed
+# side by side (as `bench kernel --variants --shapes 2560x2560 7680x2560 --batches 1` does).
+TUNE_BITLINEAR = ((4, 32, 1), (16, 32, 4), (32, 32, 4), (8, 256, 8))
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
 TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
 
@@ -67,18 +73,19 @@ def _name(kind: str, config: tuple[int, ...]) -> str:
     return f"{kind}:{','.join(map(str, config))}"
 
 
-def default_candidate(m: int, k: int) -> str:
-    """The candidate that runs without tuning, for ``m`` tokens and ``k`` inputs."""
+def default_candidate(m: int, k: int, norm: bool = False) -> str:
+    """The candidate that runs without tuning, for ``m`` tokens and ``k`` inputs (``norm``: an RMSNorm first)."""
     if k % 16:
         return "gemv"
     if m <= MAX_BLOCK_M:
-        return _name("bitlinear", BITLINEAR_DEFAULT) if k <= ONE_LAUNCH_MAX_K else _name("dp4a", DP4A_DEFAULT)
+        one_launch = k <= ONE_LAUNCH_MAX_K or norm  # a norm to fuse saves a launch of its own
+        return _name("bitlinear", BITLINEAR_DEFAULT) if one_launch else _name("dp4a", DP4A_DEFAULT)
     return _name("mma", MMA_DEFAULT)
 
 
-def candidates(m: int, n: int, k: int) -> list[str]:
+def candidates(m: int, n: int, k: int, norm: bool = False) -> list[str]:
     """The names of the candidates the tuner times for ``m`` tokens (a bucket's edge) and W (n, k)."""
-    names = [default_candidate(m, k)]
+    names = [default_candidate(m, k, norm)]
     if k % 16 == 0:
         if m <= MAX_BLOCK_M:
             names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
@@ -114,14 +121,27 @@ def unpacked_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     return (y.float() / (s_x * row_scales(scale, n, torch.float32))).to(x.dtype)
 
 
-def run_candidate(name: str, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
-    """Run candidate ``name`` (see :func:`candidates`): float (M, k) -> (M, N) in x's dtype."""
+def run_candidate(
+    name: str,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    k: int,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+) -> torch.Tensor:
+    """Run candidate ``name`` (see :func:`candidates`): float (M, k) -> (M, N) in x's dtype.
+
+    With ``norm_weight``: the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)``.
+    """
     kind, _, config = name.partition(":")
     cfg = tuple(int(v) for v in config.split(",")) if config else None
+    if kind == "bitlinear":
+        return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps)
+    if norm_weight is not None:  # the other kernels take the normalised activations
+        x = F.rms_norm(x, (k,), norm_weight, norm_eps)
     if kind == "gemv":
         return triton_packed_linear(x, packed, scale, k, cfg)
-    if kind == "bitlinear":
-        return bitlinear_dp4a(x, packed, scale, k, cfg)
     if kind == "dp4a":
         return dp4a_linear(x, packed, scale, k, cfg)
     if kind in ("mma", "mma1"):
@@ -131,31 +151,51 @@ def run_candidate(name: str, x: torch.Tensor, packed: torch.Tensor, scale: torch
     raise ValueError(f"unknown packed_linear candidate {name!r}; the candidates are listed by dispatch.candidates")
 
 
-def choice(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> str:
+def choice(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    k: int,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+) -> str:
     """The candidate :func:`packed_linear` runs for these inputs, tuning its shape first where it may."""
+    norm = norm_weight is not None
     if x.shape[0] == 0 or not x.is_cuda or interpreted():
-        return default_candidate(max(x.shape[0], 1), k)
-    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0])))
+        return default_candidate(max(x.shape[0], 1), k, norm)
+    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0]), norm))
     if name is not None:  # the fast path of every call after the first
         return name
     capturing = torch.cuda.is_current_stream_capturing()  # no timing inside a capture: it would synchronize
-    return tuned_choice(x, packed, scale, k, torch.cuda.get_device_name(x.device), capturing)
+    device = torch.cuda.get_device_name(x.device)
+    return tuned_choice(x, packed, scale, k, device, capturing, norm_weight, norm_eps)
 
 
 def tuned_choice(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int, device: str, capturing: bool
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    k: int,
+    device: str,
+    capturing: bool,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
 ) -> str:
     """:func:`choice` on a GPU named ``device``: the memo, else the tuner (which times nothing while ``capturing``)."""
-    m, n = x.shape[0], packed.shape[0]
-    memo_key = (x.device.index, n, k, tuning.m_bucket(m))
+    m, n, norm = x.shape[0], packed.shape[0], norm_weight is not None
+    memo_key = (x.device.index, n, k, tuning.m_bucket(m), norm)
     name = _memo.get(memo_key)
     if name is not None:
         return name
     m_t = tuning.bucket_m(m)
-    key, default = tuning.tuning_key(KERNEL, n, k, m_t, device), default_candidate(m_t, k)
+    key = tuning.tuning_key(NORMED if norm else KERNEL, n, k, m_t, device)
+    default = default_candidate(m_t, k, norm)
     tune = tuning.tuning_enabled() and not capturing
     x_t = torch.randn(m_t, k, device=x.device, dtype=x.dtype) if tune else x  # each bucket timed at its edge
-    fns = {nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k)) for nm in candidates(m_t, n, k)}
+    fns = {
+        nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k, norm_weight, norm_eps))
+        for nm in candidates(m_t, n, k, norm)
+    }
     name = TUNER.choose(key, fns, default, tune=tune)
     if not capturing or name != default:
         _memo[memo_key] = name  # settled (a default taken during a capture may still be tuned after it)
@@ -166,14 +206,33 @@ def forget() -> None:
     """Forget every choice (memory and the tuning file): the next calls tune again."""
     _memo.clear()
     TUNER.forget(KERNEL + "|")
+    TUNER.forget(NORMED + "|")
 
 
 @torch.library.custom_op("babybitnet::packed_linear", mutates_args=())
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
-    """float (M, k), uint8 (N, ceil(k/4)) 2-bit weights, s_w (G,) -> (M, N) in x's dtype, on the GPU."""
-    return run_candidate(choice(x, packed, scale, k), x, packed, scale, k)
+def packed_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    k: int,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+) -> torch.Tensor:
+    """float (M, k), uint8 (N, ceil(k/4)) 2-bit weights, s_w (G,) -> (M, N) in x's dtype, on the GPU.
+
+    ``norm_weight`` (k,): the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)`` (fused where it can be).
+    """
+    name = choice(x, packed, scale, k, norm_weight, norm_eps)
+    return run_candidate(name, x, packed, scale, k, norm_weight, norm_eps)
 
 
 @packed_linear.register_fake
-def _(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
+def _(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    k: int,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
+) -> torch.Tensor:
     return x.new_empty(x.shape[0], packed.shape[0])

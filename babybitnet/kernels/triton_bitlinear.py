@@ -16,6 +16,12 @@ The numbers are those of ``dp4a_linear`` (and of ``quantize_activations(x.float(
 rounding (``cvt.rni`` on the GPU), the same IEEE reciprocal, exact int32 sums. The redundant
 quantization costs arithmetic that a latency-bound GEMV has to spare.
 
+With ``norm_weight`` the kernel also applies the RMSNorm that comes before the layer (BitLinear's
+own with ``bitlinear_norm``, or the block's pre-norm, which :func:`babybitnet.decode.fold_prenorms`
+moves into the layer): one more pass over x gives each token's ``1 / rms``, and every input is
+normalised where it is read. A norm then costs no kernel of its own, which at decode is one launch
+(a few microseconds) per layer that babyGPT still pays.
+
 K must be a multiple of 16 (whole words), as for the dp4a kernel; at most 16 tokens per program.
 """
 
@@ -26,41 +32,71 @@ import torch
 from babybitnet.kernels.triton_common import Config, check_config, check_packed_on, interpreted, require_triton, tl
 from babybitnet.kernels.triton_common import triton as triton
 from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_words, round_to_int
-from babybitnet.quant import EPS, row_scales
+from babybitnet.quant import EPS, check_weight_groups
 
 MAX_BLOCK_M = 16  # tokens per program: past that, use the two-kernel path or a GEMM
 DEFAULT_CONFIG = (8, 32, 2)  # (BLOCK_N rows, BLOCK_W words per step, num_warps)
-CONFIGS = ((4, 32, 1), (8, 32, 2), (8, 64, 2), (16, 32, 4), (16, 64, 4), (32, 32, 4))
+CONFIGS = ((4, 32, 1), (8, 32, 2), (8, 64, 2), (16, 32, 4), (16, 64, 4), (32, 32, 4), (8, 128, 4), (8, 256, 8))
 
 if triton is not None:
 
     @triton.jit
-    def quantized_planes(x_rows, q0, K, s, m_ok, j, BLOCK_W: tl.constexpr, USE_ASM: tl.constexpr):
+    def load_inputs(x_rows, k, ok, g_ptr, r, NORM: tl.constexpr):
+        """The layer's inputs at positions ``k`` as float32: x itself, or with NORM the RMSNorm of x,
+        ``(x * r) * g[k]`` (r = 1 / rms of the token), rounded to x's dtype as torch's norm returns it."""
+        x = tl.load(x_rows + k, mask=ok, other=0.0)
+        v = x.to(tl.float32)
+        if NORM:
+            g = tl.load(g_ptr + k, mask=ok, other=0.0).to(tl.float32)
+            v = ((v * r) * g).to(x.dtype).to(tl.float32)
+        return v
+
+    @triton.jit
+    def quantized_planes(
+        x_rows, q0, K, s, m_ok, j, g_ptr, r, BLOCK_W: tl.constexpr, NORM: tl.constexpr, USE_ASM: tl.constexpr
+    ):
         """Plane j of one step as int32 words (BLOCK_M, BLOCK_W): byte b of word q is round(x[16q + 4b + j] * s)."""
         q = q0 + tl.arange(0, BLOCK_W)
         b = tl.arange(0, 4)
         k = 16 * q[None, :, None] + 4 * b[None, None, :] + j  # (1, BLOCK_W, 4)
-        v = tl.load(x_rows[:, :, None] + k, mask=m_ok[:, None, None] & (k < K), other=0.0).to(tl.float32)
+        v = load_inputs(x_rows[:, :, None], k, m_ok[:, None, None] & (k < K), g_ptr, r[:, None, None], NORM)
         byte = round_to_int(tl.minimum(tl.maximum(v * s[:, None, None], -127.0), 127.0), USE_ASM) & 0xFF
         return tl.sum(byte << (8 * b)[None, None, :], axis=2)  # the 4 bytes never overlap: sum = or
+
+    @triton.jit
+    def quantized_step(
+        words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r,
+        BLOCK_W: tl.constexpr, NORM: tl.constexpr, USE_ASM: tl.constexpr,
+    ):  # fmt: skip
+        """acc += codes * x_i and x_sum += x_i for one step, x_i quantized from the float inputs here."""
+        for j in tl.static_range(4):
+            xj = quantized_planes(x_rows, q0, K, s, m_ok, j, g_ptr, r, BLOCK_W, NORM, USE_ASM)
+            codes = (words >> (2 * j)) & 0x03030303
+            acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
+            x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        return acc, x_sum
 
     @triton.jit
     def bitlinear_dp4a_kernel(
         x_ptr,  # (M, K) float activations
         w_ptr,  # (N, KW) int32: the packed 2-bit weights, 16 per word (KW = K / 16)
         y_ptr,  # (M, N) float output
-        sw_ptr,  # (N,) float32 weight scales, one per row
+        sw_ptr,  # (N / ROWS,) float weight scales, one per group of ROWS rows
+        g_ptr,  # (K,) float: the RMSNorm's weight (read only if NORM)
         M,
         N,
         KW,
+        ROWS,
         stride_xm,
         stride_wn,
         stride_ym,
         eps,
+        norm_eps,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_W: tl.constexpr,
         BLOCK_K: tl.constexpr,  # inputs per step of the scale's pass
+        NORM: tl.constexpr,  # an RMSNorm first (the layer's own, or the block's pre-norm folded in)
         USE_ASM: tl.constexpr,
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
     ):
@@ -69,40 +105,62 @@ if triton is not None:
         m_ok, n_ok = offs_m < M, offs_n < N
         K = KW * 16
         x_rows = x_ptr + offs_m[:, None] * stride_xm  # (BLOCK_M, 1)
+        w_rows = w_ptr + offs_n[:, None] * stride_wn
+        # The first step's weights are requested now, so they arrive from memory while the scale is
+        # worked out: at decode the kernel is a chain of waits, and this takes one wait off it.
+        last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
+        words = load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
+        # 0. with NORM, r = 1 / sqrt(mean(x^2) + norm_eps) per token, as torch's RMSNorm (float32 sums)
+        r = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
+        if NORM:
+            squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                x = load_inputs(x_rows, k[None, :], m_ok[:, None] & (k < K)[None, :], g_ptr, r[:, None], False)
+                squares += x * x
+            r = tl.math.rsqrt(tl.sum(squares, axis=1) / K + norm_eps)
         # 1. the scale of each token: 127 / max |x|, as torch computes it (IEEE reciprocal, then the product)
         amax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
-            amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+            x = load_inputs(x_rows, k[None, :], m_ok[:, None] & (k < K)[None, :], g_ptr, r[:, None], NORM)
+            amax = tl.maximum(amax, tl.abs(x))
         s = tl.math.div_rn(1.0, tl.maximum(tl.max(amax, axis=1), eps)) * 127.0  # (BLOCK_M,)
-        # 2. the GEMV, quantizing each step's inputs on the fly
+        # 2. the GEMV, quantizing each step's inputs on the fly; the next step's weights are requested
+        # before this step's arithmetic (as in the dp4a kernel), and the last step comes after the loop
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)
         x_sum = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.int32)
-        w_rows = w_ptr + offs_n[:, None] * stride_wn
-        for q0 in range(0, KW, BLOCK_W):
-            words = load_words(w_rows, q0, KW, n_ok, BLOCK_W, EVEN)
-            for j in tl.static_range(4):
-                xj = quantized_planes(x_rows, q0, K, s, m_ok, j, BLOCK_W, USE_ASM)
-                codes = (words >> (2 * j)) & 0x03030303
-                acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
-                x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        for q0 in range(0, last, BLOCK_W):
+            nxt = load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
+            acc, x_sum = quantized_step(words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
+            words = nxt
+        acc, x_sum = quantized_step(words, x_rows, last, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
         # 3. codes are w + 1: subtract sum x; then one rescale per output
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]
-        s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)
+        s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
         y = y.to(tl.float32) / (s[:, None] * s_w[None, :])
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 else:
-    quantized_planes = bitlinear_dp4a_kernel = None
+    load_inputs = quantized_planes = quantized_step = bitlinear_dp4a_kernel = None
 
 
 def bitlinear_dp4a(
-    x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, k: int, config: Config | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    s_w: torch.Tensor,
+    k: int,
+    config: Config | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in one launch: float (M, k) with M <= 16, uint8 (N, k/4), s_w (G,) -> (M, N) in x's dtype.
 
     The same numbers as :func:`babybitnet.kernels.triton_dp4a.dp4a_linear` on the same inputs.
+    ``norm_weight`` (k,): first the RMSNorm ``F.rms_norm(x, (k,), norm_weight, norm_eps)`` (None:
+    torch's default eps for x's dtype), inside the same kernel, so that a norm before a layer costs no
+    launch of its own. Its numbers are torch's up to the float rounding of the norm (the order of
+    its sum of squares), which can move an input across a rounding boundary of the 8-bit quantizer.
     No data-dependent checks: it never synchronizes, so a CUDA graph can capture it.
     """
     require_triton()
@@ -115,6 +173,12 @@ def bitlinear_dp4a(
         raise ValueError(f"bitlinear_dp4a takes at most {MAX_BLOCK_M} tokens (decode), got {m}; use dp4a_linear")
     check_words_k(k)
     check_packed_on(packed, k, x.device)
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.device != x.device):
+        raise ValueError(
+            f"norm_weight must be the norm's weight, shape ({k},) on {x.device}, "
+            f"got {tuple(norm_weight.shape)} on {norm_weight.device}"
+        )
+    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
     n = packed.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
@@ -124,12 +188,13 @@ def bitlinear_dp4a(
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = triton.next_power_of_2(m)
     x, w = x.contiguous(), as_words(packed)
-    scales = row_scales(s_w, n, torch.float32).to(x.device)
+    rows = check_weight_groups(s_w, n)  # s_w read as it is (G,), in its dtype: no per-call copy (two kernels)
     kw = k // 16
     bitlinear_dp4a_kernel[(triton.cdiv(n, block_n), 1)](
-        x, w, y, scales, m, n, kw, x.stride(0), w.stride(0), y.stride(0), EPS,
+        x, w, y, s_w.reshape(-1).to(x.device), x if norm_weight is None else norm_weight.contiguous(),
+        m, n, kw, rows, x.stride(0), w.stride(0), y.stride(0), EPS, norm_eps,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_K=min(1024, triton.next_power_of_2(k)),
-        USE_ASM=not interpreted(), EVEN=n % block_n == 0 and kw % block_w == 0,
+        NORM=norm_weight is not None, USE_ASM=not interpreted(), EVEN=n % block_n == 0 and kw % block_w == 0,
         num_warps=num_warps,
     )  # fmt: skip
     return y

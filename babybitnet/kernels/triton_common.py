@@ -39,12 +39,14 @@ if triton is not None:
         return offs_m, offs_n, offs_m < M, offs_n < N
 
     @triton.jit
-    def store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, RESCALE: tl.constexpr):
-        """Store the (BLOCK_M, BLOCK_N) tile of sums ``y``; with RESCALE, ``y / (s_x[m] * s_w[n])``: one
-        multiplication per output, never per weight. The store is masked: nothing past M or N is written."""
+    def store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE: tl.constexpr):
+        """Store the (BLOCK_M, BLOCK_N) tile of sums ``y``; with RESCALE, ``y / (s_x[m] * s_w[n // ROWS])``:
+        one multiplication per output, never per weight. ``s_w`` holds one scale per group of ROWS rows
+        (ROWS = 1: one per row), in any float dtype: read as it is, no expanded float32 copy per call
+        (at decode that copy was two more kernels per layer). The store is masked: nothing past M or N is written."""
         if RESCALE:
             s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
-            s_w = tl.load(sw_ptr + offs_n, mask=n_ok, other=1.0)
+            s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
             y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 

@@ -58,7 +58,7 @@ from babybitnet.kernels.triton_common import (
     tl,
     triton,
 )
-from babybitnet.quant import EPS, row_scales
+from babybitnet.quant import EPS, check_weight_groups
 
 MAX_BLOCK_M = 16  # tokens per program
 DEFAULT_CONFIG = (8, 64, 2)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
@@ -129,10 +129,11 @@ if triton is not None:
         w_ptr,  # (N, KW) int32: the packed 2-bit weights read 16 at a time (KW = K / 16)
         y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float
         sx_ptr,  # (M,) float32 activation scales (read only if RESCALE)
-        sw_ptr,  # (N,) float32 weight scales, one per row (read only if RESCALE)
+        sw_ptr,  # (N / ROWS,) float weight scales, one per group of ROWS rows (read only if RESCALE)
         M,
         N,
         KW,
+        ROWS,
         stride_xm,
         stride_wn,
         stride_ym,
@@ -160,7 +161,7 @@ if triton is not None:
             words = nxt
         acc, x_sum = dp4a_step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
-        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, RESCALE)
+        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE)
 
     @triton.jit
     def quantize_words_kernel(
@@ -251,8 +252,11 @@ def words_matmul_output(
     check_packed_on(packed, k, x_words.device)
     m, n = x_words.shape[0], packed.shape[0]
     if s_x is not None or s_w_rows is not None:
-        if s_x is None or s_w_rows is None or s_x.shape != (m,) or s_w_rows.shape != (n,):
-            raise ValueError(f"pass both s_x ({m},) and s_w_rows ({n},) to rescale, or neither")
+        groups_ok = s_w_rows is not None and s_w_rows.dim() == 1 and s_w_rows.numel() and n % s_w_rows.numel() == 0
+        if s_x is None or s_x.shape != (m,) or not groups_ok:
+            raise ValueError(
+                f"pass both s_x ({m},) and s_w_rows ({n},) or group scales (G,), G dividing {n}, to rescale; or neither"
+            )
         out_dtype = out_dtype or torch.float32
     elif out_dtype not in (None, torch.int32):
         raise ValueError(f"without scales the output is int32 (the raw sums), got out_dtype={out_dtype}")
@@ -271,7 +275,8 @@ def dp4a_matmul(
     """``x @ W^T`` from prepared activation words (M, k/4) and 2-bit packed weights uint8 (N, k/4).
 
     Without scales: the exact int32 sums. With ``s_x`` (M,) and ``s_w_rows`` (N,):
-    ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default). ``config`` =
+    ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default); ``s_w_rows`` may also
+    be the (G,) group scales of ``absmean_scale`` (group g: rows g*N/G ..), read in place. ``config`` =
     (BLOCK_N, BLOCK_W words, num_warps), powers of 2 (default :data:`DEFAULT_CONFIG`).
     Never synchronizes, so it can be captured in a CUDA graph.
     """
@@ -288,7 +293,7 @@ def dp4a_matmul(
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     ternary_gemv_dp4a_kernel[grid](
         x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y,
-        m, n, k // 16, x_words.stride(0), w.stride(0), y.stride(0),
+        m, n, k // 16, n // s_w_rows.numel() if rescale else 1, x_words.stride(0), w.stride(0), y.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, USE_ASM=not interpreted(), RESCALE=rescale,
         EVEN=n % block_n == 0 and (k // 16) % block_w == 0,
         num_warps=num_warps,
@@ -332,6 +337,7 @@ def dp4a_linear(
             f"x must be a float tensor (..., K={k}), got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
         )
     n = packed.shape[0]
+    check_weight_groups(s_w, n)
     words, s_x = quantize_words(x.reshape(-1, k))
-    y = dp4a_matmul(words, packed, k, s_x, row_scales(s_w, n, torch.float32), x.dtype, config)
+    y = dp4a_matmul(words, packed, k, s_x, s_w.reshape(-1).to(x.device), x.dtype, config)  # (G,): no copy per call
     return y.reshape(*x.shape[:-1], n)

@@ -127,6 +127,7 @@ if triton is not None:
         N,
         K,
         KB,
+        ROWS,  # rows per weight scale (1 here: one scale per row)
         stride_xm,
         stride_wn,
         stride_ym,
@@ -153,7 +154,7 @@ if triton is not None:
             acc = add_plane(acc, w_bytes, x2, 2, ADD_ONLY)
             acc = add_plane(acc, w_bytes, x3, 3, ADD_ONLY)
         y = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N): the threads combine their partial sums once
-        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, RESCALE)
+        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE)
 
 else:
     load_packed_bytes = load_planes = add_plane = ternary_gemv_kernel = None
@@ -228,7 +229,7 @@ def ternary_matmul(
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     ternary_gemv_kernel[grid](
         x, packed, y, s_x if rescale else y, s_w_rows if rescale else y,
-        m, n, k, packed.shape[1], x.stride(0), packed.stride(0), y.stride(0),
+        m, n, k, packed.shape[1], 1, x.stride(0), packed.stride(0), y.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KB=block_k // 4,
         INT_ACC=x.dtype == torch.int8, ADD_ONLY=add_only, RESCALE=rescale,
         num_warps=num_warps,

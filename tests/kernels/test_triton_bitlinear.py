@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from babybitnet.kernels.triton_bitlinear import bitlinear_dp4a  # noqa: E402
+from babybitnet.kernels.triton_dp4a import dp4a_linear  # noqa: E402
 from babybitnet.packing import pack_2bit  # noqa: E402
 from babybitnet.quant import quantize_activations, row_scales  # noqa: E402
 
@@ -72,3 +74,39 @@ def test_errors_say_what_to_do():
         bitlinear_dp4a(torch.zeros(17, 32, device=DEVICE), w, torch.ones(1, device=DEVICE), 32)
     with pytest.raises(ValueError, match="2-D float"):
         bitlinear_dp4a(torch.zeros(1, 32, dtype=torch.int8, device=DEVICE), w, torch.ones(1, device=DEVICE), 32)
+    with pytest.raises(ValueError, match="groups dividing N=4"):
+        bitlinear_dp4a(torch.zeros(1, 32, device=DEVICE), w, torch.ones(3, device=DEVICE), 32)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_scales_are_read_in_their_dtype_and_groups(groups):
+    # a model cast with .to(bfloat16) holds its weight scales in bf16: the kernels read them in place,
+    # (G,) and in any float dtype, and give the numbers of the same scales in float32 expanded per row
+    x, w_t, s_w = case(2, 8, 64, seed=3, groups=groups)
+    s_half = s_w.half()  # float16: the interpreter has no bfloat16
+    pk = pack_2bit(w_t).to(DEVICE)
+    want = reference(x, w_t, s_half.float())
+    for fn in (bitlinear_dp4a, dp4a_linear):
+        got = fn(x.to(DEVICE), pk, s_half.to(DEVICE), 64, SMALL)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-6, msg=lambda m, fn=fn: f"{fn.__name__}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m, n, kw", [(1, 8, 4), (3, 13, 10), (5, 7, 20)])
+def test_fused_rmsnorm_equals_norm_then_layer(dtype, m, n, kw):
+    # norm_weight: the kernel applies F.rms_norm(x, (K,), g, eps) itself, then the layer; in float32 and
+    # float16 (the interpreter has no bfloat16) the same numbers as the norm computed by torch first
+    k = 16 * kw
+    x, w_t, s_w = case(m, n, k, seed=m * n + kw)
+    x, g = x.to(dtype), (torch.rand(k, generator=torch.Generator().manual_seed(k)) + 0.5).to(dtype)
+    want = reference(F.rms_norm(x, (k,), g, torch.finfo(dtype).eps), w_t, s_w)
+    got = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL, g.to(DEVICE))
+    torch.testing.assert_close(got.cpu().float(), want.float(), rtol=1e-5, atol=1e-4)
+    unnormed = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL)
+    assert not torch.allclose(unnormed.cpu().float(), want.float(), rtol=1e-3, atol=1e-3)  # the norm mattered
+
+
+def test_fused_rmsnorm_checks_its_weight():
+    w = pack_2bit(torch.zeros(4, 32, dtype=torch.int8)).to(DEVICE)
+    with pytest.raises(ValueError, match=r"norm_weight must be the norm's weight, shape \(32,\)"):
+        bitlinear_dp4a(torch.zeros(1, 32, device=DEVICE), w, torch.ones(1, device=DEVICE), 32, None, torch.ones(16))

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
@@ -184,6 +185,25 @@ def test_candidates_and_defaults():
     assert not any(n.startswith(("dp4a", "bitlinear")) for n in dispatch.candidates(256, 64, 64))
 
 
+def test_a_norm_to_fuse_prefers_the_one_launch_kernel():
+    # the one-launch kernel applies an RMSNorm itself; every other candidate needs a norm kernel first
+    assert dispatch.default_candidate(1, 4096).startswith("dp4a:")
+    assert dispatch.default_candidate(1, 4096, norm=True).startswith("bitlinear:")
+    assert dispatch.default_candidate(17, 4096, norm=True).startswith("mma:")
+    assert dispatch.candidates(1, 2560, 4096, norm=True)[0].startswith("bitlinear:")
+
+
+@pytest.mark.parametrize("name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "bf16"])
+def test_every_candidate_computes_the_normed_layer(name):
+    g = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(4, 64, generator=g) * 2, torch.rand(64, generator=g) + 0.5
+    w_t = torch.randint(-1, 2, (24, 64), generator=g).to(torch.int8)
+    packed, s_w = pack_2bit(w_t), torch.tensor([0.25])
+    got = dispatch.run_candidate(name, x.to(DEVICE), packed.to(DEVICE), s_w.to(DEVICE), 64, weight.to(DEVICE), 1e-6)
+    want = cpu_packed_linear(F.rms_norm(x, (64,), weight, 1e-6), packed, s_w, 64)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-2, atol=1e-2)
+
+
 def test_tuned_configs_are_the_kernels_own():
     """The tuner's short lists are configs each kernel knows (its CONFIGS, which bench kernel --variants tries)."""
     from babybitnet.kernels import triton_bitlinear, triton_dp4a, triton_mma
@@ -219,8 +239,8 @@ def test_interpreter_and_cpu_take_the_fixed_default(tuner):
     assert not tuner.file().exists()
 
 
-def _small_candidates(m, n, k):
-    return [dispatch.default_candidate(m, k), "bf16", "mma:16,16,128,1,1"]
+def _small_candidates(m, n, k, norm=False):
+    return [dispatch.default_candidate(m, k, norm), "bf16", "mma:16,16,128,1,1"]
 
 
 def test_tuned_choice_tunes_once_per_bucket(tuner, monkeypatch):
@@ -235,6 +255,10 @@ def test_tuned_choice_tunes_once_per_bucket(tuner, monkeypatch):
     assert len(calls) == 3  # 17 and 20 tokens share the bucket 17-32: no second tuning
     entries = json.loads(tuner.file().read_text())["entries"]
     assert list(entries) == ["packed_linear|N=8|K=64|M=17-32|GPU"]
+    norm = torch.ones(64, device=DEVICE)
+    dispatch.tuned_choice(x, packed, s_w, 64, "GPU", capturing=False, norm_weight=norm, norm_eps=1e-6)
+    assert len(calls) == 6  # a layer with a norm first is timed on its own: the candidates do more work
+    assert "packed_linear+norm|N=8|K=64|M=17-32|GPU" in json.loads(tuner.file().read_text())["entries"]
 
 
 def test_capture_never_tunes(tuner, monkeypatch):
