@@ -579,18 +579,25 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
-# quantizes all its weights in every step), but still slower than babyGPT at
-# nanoGPT's size and only 1.12x faster at 2B4T's. At batch 1 every layer's matmul is short: the
-# packed layer (quantizer kernel + dp4a GEMV) takes 7.5 to 11.7 µs at 2B4T's
-# shapes against 7.0 to 18.3 µs for cuBLAS bf16 (`bench kernel --variants`, same H200,
-# `babybitnet/results/bench_kernel_h200.json`): 0.9x to 1.7x, not the 8x that
-# 2-bit weights promise. And the step has more than matmuls: norms, residual
-# adds, the attention over the cache, the activation, each a kernel of a few
+# quantizes all its weights in every step) and a little faster than babyGPT:
+# 1.09x at nanoGPT's size, 1.42x at 2B4T's. Two changes got it there, both found
+# by asking where a token's GPU time goes (`bench generate --device cuda --profile`
+# adds up the kernels of the eager step with `torch.profiler`):
+#
+# - the kernels read the weight scales as they are stored; before, every call
+#   first expanded them to one float32 scale per row, two tiny copy kernels per
+#   layer, 48 per token at nanoGPT's size, which cost as much as the GEMVs;
+# - the one-launch kernel applies the RMSNorm in front of its layer while it
+#   reads x, and `decode.fold_prenorms` moves every block's pre-norm into the
+#   packed layers it feeds: two norm kernels fewer per block than babyGPT.
+#
+# At batch 1 every layer's matmul is short: at nanoGPT's size ours and cuBLAS's
+# both take about 3 µs, all fixed cost (the weights sit in the 60 MB L2 cache
+# between tokens). And the step has more than matmuls: the attention over the
+# cache, the cache writes, residual adds, the activation, each a kernel of a few
 # microseconds, the same for both models. `--compile` fuses those with
 # `torch.compile` (the packed layers stay one opaque operator each): it helps
-# babyGPT more than the packed model, because babyGPT's matmuls are cuBLAS
-# calls that compile can also schedule around (these two tables were measured with the kernels
-# before the tuner, the dp4a GEMV for every layer, and are not rerun yet):
+# babyGPT more than the packed model, which has fewer such kernels left to fuse:
 
 # %%
 show_markdown(generate_table(measured("bench_generate_compile")))
@@ -604,12 +611,12 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # weights the logits are nearly tied, and the kernel rounds the rescale in a
 # different order (in float32 they agree: `tests/test_decode.py`).
 #
-# One more attempt is in the package: `babybitnet.kernels.triton_bitlinear`
-# quantizes the activations inside the GEMV (every program redoes it for its
-# rows), one launch per layer instead of two. It wins only for short rows
-# (7.4 vs 7.5 µs at 2,560 x 2,560) and loses for long ones (20.3 vs 15.1 µs at
-# 8,192 x 8,192), so it is one of the candidates the tuner below times, and it wins
-# at nanoGPT's small shapes.
+# The one-launch kernel, `babybitnet.kernels.triton_bitlinear`, quantizes the
+# activations inside the GEMV (every program redoes it for its rows, and with a
+# norm normalises them too): one launch per layer instead of two or three. It
+# wins for short rows (nanoGPT's layers, and 2,560 x 2,560 at 2B4T's size) and
+# loses for long ones (8,192 x 8,192), where re-quantizing a long row in every
+# program costs more than a second launch; the tuner below times it with the others.
 #
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and
@@ -643,17 +650,24 @@ from babybitnet.experiments.bench_kernels import layer_table
 show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 
 # %% [markdown]
-# What the table says:
+# gemlite could not be imported in that run. The same command with gemlite, the
+# same day, with our kernels of just before the scale change (`bench_kernel_layer_h200_peers.json`):
+
+# %%
+show_markdown(layer_table(measured("bench_kernel_layer_h200_peers")))
+
+# %% [markdown]
+# What the tables say:
 #
-# - At 8,192 x 8,192 our layer is 1.7x to 2.2x cuBLAS bf16 at every batch, and ahead of
+# - At 8,192 x 8,192 our layer is 1.7x to 2.5x cuBLAS bf16 at every batch, and ahead of
 #   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
 #   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
-# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 15.2 µs for 16.8 MB
-#   of packed weights is 1.1 TB/s, a quarter of the memory's speed. The quantizer launch and
-#   the fixed start of each kernel are a large part of 15 µs.
-# - At 2,560 x 2,560 (1.6 MB of packed weights) every ternary layer here, ours and gemlite's,
-#   is slower than bf16: the whole matrix is read in less time than a kernel takes to start and
-#   finish. This is why the 2B4T-size model above gains only 1.12x end to end.
+# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 13.7 µs for 16.8 MB
+#   of packed weights is 1.2 TB/s, a quarter of the memory's speed. The quantizer launch and
+#   the fixed start of each kernel are a large part of it.
+# - At 2,560 x 2,560 (1.6 MB of packed weights) the one-launch kernel is now 1.3x bf16 at
+#   batch 1, but at batch 8 and 32 every ternary layer here, ours and gemlite's, is slower
+#   than bf16: the whole matrix is read in less time than a kernel takes to start and finish.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
