@@ -66,12 +66,13 @@ def fold_prenorms(model: nn.Module) -> nn.Module:
     In ``x + attn(ln1(x))`` the output of ``ln1`` feeds only ``attn.qkv``; that of ``ln2`` only the
     feed-forward's first layer (``fc``, or both ``gate`` and ``up``). A PackedBitLinear with a
     ``norm`` applies it first, so giving it the block's norm and leaving an Identity in the norm's
-    place computes the same function (on the CPU the very same operations). On a GPU the one-launch
-    kernel then normalises x as it reads it: a norm costs no kernel of its own.
+    place computes the same function. Its kernels apply the norm as they read x (the GPU's one-launch
+    kernel, the CPU's C++ layer): a norm costs no kernel or torch call of its own. The numbers are the
+    same up to the float rounding of the norm (the kernels sum the squares in their own order).
 
     The view's modules are shallow copies: every tensor is shared with ``model``, which is unchanged.
     A model with nothing to fold (babyGPT, an unpacked babyBitNet, norms inside every BitLinear
-    already) comes back as it is.
+    already, a block swapped for another module) comes back as it is.
     """
     from babybitnet.packed import PackedBitLinear  # here, not at the top: packed imports gpt, which imports us
 
@@ -81,6 +82,9 @@ def fold_prenorms(model: nn.Module) -> nn.Module:
     blocks = []
     for block in getattr(model, "blocks", []):
         view = block
+        if not isinstance(getattr(block, "attn", None), CausalSelfAttention) or not hasattr(block, "mlp"):
+            blocks.append(block)  # not our block (a lesson's swapped-in attention): left as it is
+            continue
         if isinstance(block.ln1, nn.RMSNorm) and takes_norm(block.attn.qkv):
             view, attn = _shallow(block), _shallow(block.attn)
             attn.qkv = _shallow(block.attn.qkv)

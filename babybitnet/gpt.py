@@ -397,16 +397,19 @@ class GPT(nn.Module):
             idx = decode.generate(self, idx, max_new_tokens, temperature, top_k, generator, compile=compile)
             max_new_tokens -= idx.shape[1] - start
         cache = None
+        # a packed model with each block's pre-norm moved into the packed layers it feeds, whose
+        # kernels apply it themselves (decode.fold_prenorms; any other model is itself)
+        model = decode.fold_prenorms(self)
         for _ in range(max_new_tokens):
             if use_cache and idx.shape[1] <= block_size:
                 if cache is None:  # prefill: the whole prompt at once
                     cache = self.new_cache()
-                    logits, _ = self(idx, cache=cache, last_only=True)
+                    logits, _ = model(idx, cache=cache, last_only=True)
                 else:  # the cache holds every token but the newest
-                    logits, _ = self(idx[:, -1:], cache=cache)
+                    logits, _ = model(idx[:, -1:], cache=cache)
             else:
                 cache = None  # past block_size (or no cache asked for): the sliding window, no cache
-                logits, _ = self(idx[:, -block_size:], last_only=True)  # the model sees at most block_size tokens
+                logits, _ = model(idx[:, -block_size:], last_only=True)  # the model sees at most block_size tokens
             logits = logits[:, -1, :]
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

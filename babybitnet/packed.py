@@ -39,8 +39,10 @@ class PackedBitLinear(nn.Module):
     Sub-module ``norm`` (nn.RMSNorm) when the BitLinear had ``norm=True``. Build it with :meth:`from_bitlinear`.
 
     forward(x): x (..., in_features) float -> (..., out_features), the same
-    numbers as ``BitLinear.eval()`` under ``torch.no_grad()``. There is no
-    straight-through estimator here: the packed weights cannot be trained.
+    numbers as ``BitLinear.eval()`` under ``torch.no_grad()`` (with a ``norm``,
+    up to its float rounding: the C++ and GPU kernels apply it themselves and
+    sum its squares in their own order). There is no straight-through
+    estimator here: the packed weights cannot be trained.
     """
 
     def __init__(
@@ -111,22 +113,27 @@ class PackedBitLinear(nn.Module):
         if x.is_cuda and fast and _triton_available():
             y = self._gpu_linear(x)  # with the norm, inside the kernel where it can be
             return y if bias is None else y + bias
-        if self.norm is not None:
-            x = self.norm(x)
         ext = load_extension() if fast and x.device.type == "cpu" else None
         if ext is not None and x.dtype == torch.float32 and self.scale.dtype == torch.float32:
-            # the hot path at decode: quantize, add-only GEMV, rescale (and bias) in one C++ call,
+            # the hot path at decode: (norm,) quantize, add-only GEMV, rescale (and bias) in one C++ call,
             # kernels.cpu.ext_linear, where addonly.packed_linear also ends. The shapes were checked at
             # construction: no per-call checks (at babyGPT's size the arithmetic of a layer takes a few
             # microseconds, about what each Python step around it costs)
+            w, eps = self._fusable_norm(x)
+            if w is None and self.norm is not None:
+                x = self.norm(x)
             if (
                 bias is not None
                 and bias.dtype == torch.float32
                 and not (bias.requires_grad and torch.is_grad_enabled())
             ):
-                return ext_linear(x, self.packed, self.scale, bias, ext=ext)
-            y = ext_linear(x, self.packed, self.scale, ext=ext)  # a bias that needs its gradient: torch adds it
-        elif ext is not None:  # other dtypes: the torch steps around the same kernel
+                return ext_linear(x, self.packed, self.scale, bias, ext=ext, norm_weight=w, norm_eps=eps)
+            # a bias that needs its gradient: torch adds it
+            y = ext_linear(x, self.packed, self.scale, ext=ext, norm_weight=w, norm_eps=eps)
+            return y if bias is None else y + bias
+        if self.norm is not None:
+            x = self.norm(x)
+        if ext is not None:  # other dtypes: the torch steps around the same kernel
             y = packed_linear(x, self.packed, self.scale, self.in_features)
         else:
             # Unpacking on every call keeps memory small; the kernels decode inside the matmul instead.
@@ -146,14 +153,20 @@ class PackedBitLinear(nn.Module):
         The RMSNorm in front (``norm``) goes to the kernel too: the one-launch kernel applies it as it
         reads x, so it costs no launch of its own.
         """
-        norm, w, eps = self.norm, None, 0.0
-        if norm is not None and norm.weight is not None:
-            w, eps = norm.weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
-        elif norm is not None:  # a norm without a weight (elementwise_affine=False): torch runs it
-            x = norm(x)
+        w, eps = self._fusable_norm(x)
+        if w is None and self.norm is not None:  # a norm the kernel cannot take: torch runs it
+            x = self.norm(x)
         x2 = x.reshape(-1, self.in_features)
         y = gpu_packed_linear(x2, self.packed, self.scale, self.in_features, w, eps)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _fusable_norm(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        """(weight, eps) of the RMSNorm in front for a kernel to apply itself, or (None, 0.0) if there is none
+        it can take (no norm, or one without a weight in x's dtype). eps None is torch's default for x's dtype."""
+        norm = self.norm
+        if norm is None or norm.weight is None or norm.weight.dtype != x.dtype:
+            return None, 0.0
+        return norm.weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
 
     def extra_repr(self) -> str:
         return (

@@ -530,7 +530,11 @@ for m in (1, 8):
 # In babyBitNet every packed layer calls the kernel's `ternary_linear`: the
 # activation quantizer, the add-only GEMV and the rescale in one C++ call,
 # bit for bit the torch steps of `packed_linear` (no torch op in between: at
-# width 64 those dozen small ops would take longer than the arithmetic).
+# width 64 those dozen small ops would take longer than the arithmetic). The
+# RMSNorm in front of each block's first layers goes into that call too
+# (`GPT.generate` moves it there with `decode.fold_prenorms`): torch's norm is
+# six small ops, about as slow as a whole packed layer at this width. Only the
+# norm's sum of squares runs in another order than torch's, so its last bit can differ.
 # `python -m babybitnet bench generate --device cpu` generates 200 tokens with
 # each model, freshly initialised, batch 1, with the KV cache, side by side.
 # Measured on a 2-core CPU, one thread, at nanoGPT's size and the seed's:
@@ -545,13 +549,15 @@ for preset in ("nanogpt", "seed"):
 
 # %% [markdown]
 # At nanoGPT's size (width 384) the matmuls are most of a step, and the
-# packed model, reading 2 bits per weight, generates about twice as fast as
-# babyGPT. At the seed's size (width 64) the matrices are tiny: most of a step
-# is what both models share (norms, attention, Python calling modules), and
-# with a 32-character context most steps recompute a whole window of 32
-# tokens, where the float library's matmul is as fast as ours. There the
-# packed model is only about as fast as babyGPT. (Both models compute the final norm and
-# the output layer for the last position only when they generate: `last_only=True`.)
+# packed model, reading 2 bits per weight, generates about three times as fast as
+# babyGPT. At the seed's size (width 64) the matrices are tiny: much of a step
+# is what both models share (attention, Python calling modules), and with a
+# 32-character context most steps recompute a whole window of 32 tokens, where
+# the float library's matmul is as fast as ours. There the packed model is
+# 1.25x to 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
+# machine's speed varies from run to run: compare the ratios, not the tokens/s).
+# (Both models compute the final norm and the output layer for the last
+# position only when they generate: `last_only=True`.)
 #
 # The real thing, bitnet.cpp (look-up tables in registers, tuned for each CPU
 # family, with a whole model around it), reports 2.37x to 6.17x the speed of

@@ -108,7 +108,7 @@ def test_fold_prenorms_moves_each_norm_into_the_packed_layers_it_feeds(ffn):
     idx = torch.tensor([[1, 4, 2, 7]])
     want, _ = packed(idx)
     got, _ = folded(idx)
-    assert torch.equal(got, want)  # on the CPU the very same operations
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # up to the rounding of the norm's sum
     got_tokens = decode.generate(packed, idx, 6, graph=False)
     assert torch.equal(got_tokens, packed.generate(idx, 6, temperature=0, use_cache=False))
 

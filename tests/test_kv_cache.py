@@ -229,3 +229,12 @@ def test_kernel_kinds():
         "void at::native::vectorized_layer_norm_kernel<c10::BFloat16, float, true>": "other (norms, elementwise)",
     }
     assert {name: kernel_kind(name) for name in kinds} == kinds
+
+
+def test_first_difference_counts_the_shared_new_tokens():
+    from babybitnet.experiments.bench import first_difference
+
+    a = torch.tensor([1, 2, 3, 4, 5])
+    assert first_difference(a, a.clone(), 2) is None
+    assert first_difference(a, torch.tensor([1, 2, 3, 9, 5]), 2) == 1  # one new token (3) in common
+    assert first_difference(a, torch.tensor([1, 2, 3]), 2) == 1

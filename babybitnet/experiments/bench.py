@@ -181,7 +181,7 @@ def _bench_generate(
     if dev.type == "cuda" and _triton_available():
         kernel = "triton dp4a" if all(m.in_features % 16 == 0 for m in layers) else "triton (dp4a and gemv)"
     elif dev.type == "cpu" and load_extension() is not None:
-        fused = ", quantize + sums + rescale in one call" if dtype == torch.float32 else ""
+        fused = ", norm + quantize + sums + rescale in one call" if dtype == torch.float32 else ""
         kernel = f"C++ add-only kernel ({'AVX2' if load_extension().has_avx2() else 'portable'}{fused})"
     else:
         kernel = "int_linear (unpack, then a float matmul)"
@@ -249,9 +249,21 @@ def _bench_generate(
         "ratio_packed_over_gpt": results["bitnet_packed"]["tokens_per_s"] / results["gpt"]["tokens_per_s"],
         "ratio_packed_over_bitnet": results["bitnet_packed"]["tokens_per_s"] / results["bitnet"]["tokens_per_s"],
         "same_tokens": bool(torch.equal(outputs["bitnet"], outputs["bitnet_packed"])),
+        "first_difference": first_difference(outputs["bitnet"][0], outputs["bitnet_packed"][0], idx.shape[1]),
         **({"profile": profiles} if profile else {}),
         **({"profile_method": PROFILE_METHODS[dev.type], "top_kernels": top_kernels} if top_kernels else {}),
     }
+
+
+def first_difference(a: torch.Tensor, b: torch.Tensor, prompt: int) -> int | None:
+    """How many new tokens (after ``prompt`` tokens) two generations (T,) share before they differ; None if equal.
+
+    With random weights the logits are nearly tied, so a difference in the last bit of one float
+    (a norm summed in another order, a bf16 rescale) can pick another token after many equal ones.
+    """
+    n = min(len(a), len(b))
+    same = (a[:n] == b[:n]).tolist() + [False] * (max(len(a), len(b)) - n)
+    return None if all(same) else same.index(False) - prompt
 
 
 PROFILE_METHODS = {
@@ -385,7 +397,8 @@ def generate_table(r: dict) -> str:
     lines += [
         "",
         f"packed layers: {r['kernel']}; ternary weight matrices (outputs x inputs): {shapes}",
-        f"packed and unpacked babyBitNet generate the same tokens: {r['same_tokens']}",
+        f"packed and unpacked babyBitNet generate the same tokens: {r['same_tokens']}"
+        + ("" if r.get("first_difference") is None else f" (the same up to new token {r['first_difference']})"),
         f"{r['tokens_with_cache']} of {r['tokens']} steps used the KV cache (block_size {r['block_size']}); "
         f"median of {r['repeats']} interleaved rounds; {r['weights']}",
     ]

@@ -181,11 +181,16 @@ def ext_linear(
     bias: torch.Tensor | None = None,
     *,
     ext: ModuleType | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
 ) -> torch.Tensor:
     """BitLinear inference in one C++ call: float32 (..., K), uint8 (N, ceil(K/4)), s_w float32 (G,) -> (..., N).
 
     Quantizes each token (absmax, 8 bits), runs the add-only GEMV and rescales (+ ``bias`` (N,)), bit for bit
-    :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. The one way into the C++ layer: both
+    :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. ``norm_weight`` float32 (K,): first the
+    RMSNorm of each token, ``F.rms_norm(x, (K,), norm_weight, norm_eps)`` up to float rounding (the C++
+    sums its squares in order), so that the norm in front of a layer costs no torch call of its own.
+    The one way into the C++ layer: both
     ``PackedBitLinear`` on the CPU and :func:`babybitnet.addonly.packed_linear` end here. No Python checks:
     this is the hot path of ``PackedBitLinear``, which checks its shapes once at construction (the C++ side
     still refuses wrong shapes and dtypes, with a RuntimeError). ``ext``: the loaded extension, when the caller
@@ -196,4 +201,4 @@ def ext_linear(
         ext = load_extension()
         if ext is None:
             raise RuntimeError(f"the C++ kernel is unavailable ({NO_EXT_ENV} is set or it failed to build)")
-    return ext.ternary_linear(x, packed, s_w, bias, EPS)
+    return ext.ternary_linear(x, packed, s_w, bias, EPS, norm_weight, norm_eps)
