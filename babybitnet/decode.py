@@ -74,10 +74,9 @@ def fold_prenorms(model: nn.Module) -> nn.Module:
     A model with nothing to fold (babyGPT, an unpacked babyBitNet, norms inside every BitLinear
     already, a block swapped for another module) comes back as it is.
     """
-    from babybitnet.packed import PackedBitLinear  # here, not at the top: packed imports gpt, which imports us
 
-    def takes_norm(layer: nn.Module) -> bool:
-        return isinstance(layer, PackedBitLinear) and layer.norm is None
+    def takes_norm(layer: nn.Module) -> bool:  # a PackedBitLinear (its class says so) without a norm yet
+        return getattr(layer, "applies_its_norm", False) and getattr(layer, "norm", 0) is None
 
     blocks = []
     for block in getattr(model, "blocks", []):

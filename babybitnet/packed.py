@@ -38,12 +38,17 @@ class PackedBitLinear(nn.Module):
     ``scale`` float32 (weight_groups,), the ``s_w`` of ``BitLinear.quantized_weight()``.
     Sub-module ``norm`` (nn.RMSNorm) when the BitLinear had ``norm=True``. Build it with :meth:`from_bitlinear`.
 
+    ``applies_its_norm``: its kernels apply the ``norm`` themselves, with no torch call of its own,
+    so :func:`babybitnet.decode.fold_prenorms` may move a block's pre-norm into it.
+
     forward(x): x (..., in_features) float -> (..., out_features), the same
     numbers as ``BitLinear.eval()`` under ``torch.no_grad()`` (with a ``norm``,
     up to its float rounding: the C++ and GPU kernels apply it themselves and
     sum its squares in their own order). There is no straight-through
     estimator here: the packed weights cannot be trained.
     """
+
+    applies_its_norm = True
 
     def __init__(
         self,
