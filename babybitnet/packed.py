@@ -124,9 +124,7 @@ class PackedBitLinear(nn.Module):
             # kernels.cpu.ext_linear, where addonly.packed_linear also ends. The shapes were checked at
             # construction: no per-call checks (at babyGPT's size the arithmetic of a layer takes a few
             # microseconds, about what each Python step around it costs)
-            w, eps = self._fusable_norm(x)
-            if w is None and self.norm is not None:
-                x = self.norm(x)
+            x, w, eps = self._kernel_norm(x)
             if (
                 bias is not None
                 and bias.dtype == torch.float32
@@ -158,20 +156,19 @@ class PackedBitLinear(nn.Module):
         The RMSNorm in front (``norm``) goes to the kernel too: the one-launch kernel applies it as it
         reads x, so it costs no launch of its own.
         """
-        w, eps = self._fusable_norm(x)
-        if w is None and self.norm is not None:  # a norm the kernel cannot take: torch runs it
-            x = self.norm(x)
+        x, w, eps = self._kernel_norm(x)
         x2 = x.reshape(-1, self.in_features)
         y = gpu_packed_linear(x2, self.packed, self.scale, self.in_features, w, eps)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _fusable_norm(self, x: torch.Tensor) -> tuple[torch.Tensor | None, float]:
-        """(weight, eps) of the RMSNorm in front for a kernel to apply itself, or (None, 0.0) if there is none
-        it can take (no norm, or one without a weight in x's dtype). eps None is torch's default for x's dtype."""
+    def _kernel_norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(x, weight, eps) for a kernel that applies the RMSNorm in front itself: the norm's weight and eps
+        (eps None is torch's default for x's dtype), or (norm(x), None, 0.0) when there is no norm the kernel
+        can take (none, or one without a weight in x's dtype: torch runs it here)."""
         norm = self.norm
-        if norm is None or norm.weight is None or norm.weight.dtype != x.dtype:
-            return None, 0.0
-        return norm.weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        if norm is not None and norm.weight is not None and norm.weight.dtype == x.dtype:
+            return x, norm.weight, norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        return (x if norm is None else norm(x)), None, 0.0
 
     def extra_repr(self) -> str:
         return (

@@ -310,7 +310,8 @@ def kernel_profile(run: Callable[[], object], steps: int) -> tuple[dict[str, flo
             total[1] += 1
     kinds: dict[str, float] = {}
     for name, (ms, _) in per_kernel.items():
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
     return (
         dict(sorted(kinds.items(), key=lambda kv: -kv[1])),

@@ -378,7 +378,8 @@ const float* normed_row(const float* x, int64_t K, const float* w, float eps, fl
 // the N/G consecutive rows from g*N/G, as quant.row_scales); bias: float32 (N,) or None; eps: the
 // quantizer's (quant.EPS). Returns float32 (..., N), bit for bit bitlinear.int_linear's numbers.
 // norm_weight: float32 (K,) or None: first the RMSNorm of each token with that weight and norm_eps
-// (normed_row), so that the norm in front of the layer costs no torch call of its own.
+// (normed_row), so that the norm in front of the layer costs no torch call of its own; the result is
+// then bitlinear.int_linear's on torch's norm up to that norm's float rounding.
 torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scale,
                              c10::optional<torch::Tensor> bias, double eps,
                              c10::optional<torch::Tensor> norm_weight, double norm_eps) {
@@ -498,6 +499,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_linear", &ternary_linear, py::arg("x"), py::arg("packed"), py::arg("scale"), py::arg("bias"),
         py::arg("eps"), py::arg("norm_weight") = py::none(), py::arg("norm_eps") = 0.0,
         "float32 (..., N) = BitLinear inference on float32 x (..., K): (RMSNorm,) quantize per token, add-only "
-        "GEMV, rescale, + bias; bit for bit bitlinear.int_linear");
+        "GEMV, rescale, + bias; bit for bit bitlinear.int_linear (with a norm: up to the norm's rounding)");
   m.def("has_avx2", &has_avx2, "whether the extension was compiled with the AVX2 kernel");
 }
