@@ -232,13 +232,15 @@ class CausalSelfAttention(nn.Module):
             return k, v
         return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
-    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs (B, n_head, T, hs) side by side again, (SubLN,) then ``proj``: (B, T, n_embd)."""
+    def concat_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs (B, n_head, T, hs) side by side again, (SubLN,): (B, T, n_embd), proj's input."""
         B, _, T, _ = y.shape
         y = y.transpose(1, 2).reshape(B, T, self.n_embd)
-        if self.sub_norm is not None:
-            y = self.sub_norm(y)
-        return self.proj(y)
+        return y if self.sub_norm is None else self.sub_norm(y)
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs (B, n_head, T, hs) merged: ``proj(concat_heads(y))``, (B, T, n_embd)."""
+        return self.proj(self.concat_heads(y))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x: (B, T, n_embd) -> (B, T, n_embd).

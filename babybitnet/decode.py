@@ -22,7 +22,9 @@ stay in place between tokens:
 
 For a packed babyBitNet, :func:`fold_prenorms` first moves each block's pre-norm into the packed
 layers it feeds, whose GPU kernel then applies the norm as it reads its inputs: one kernel less
-per norm, which babyGPT's step still launches.
+per norm, which babyGPT's step still launches. :func:`fold_activations` does the same for the
+feed-forward's activation, and the step hands each block's residual to its last layers
+(:func:`add_output`), which add it as they store their outputs: three kernels less per block.
 """
 
 from __future__ import annotations
@@ -105,6 +107,57 @@ def fold_prenorms(model: nn.Module) -> nn.Module:
     return folded
 
 
+def fold_activations(model: nn.Module) -> nn.Module:
+    """A view of a packed model in which each feed-forward's activation is applied by the layer before it.
+
+    ``act(fc(x))`` (``act(gate(x)) * up(x)`` when gated): a PackedBitLinear with an ``activation``
+    applies it to its outputs as its kernel stores them (the GPU's dp4a kernels, the CPU's C++ layer
+    for relu and relu2), so the activation costs no kernel of its own; an identity takes its place in
+    the MLP. The numbers are the same: the kernels round the layer's output to its dtype first, as
+    the activation would see it. Shallow copies share every tensor; ``model`` is unchanged, and a
+    model with nothing to fold comes back as it is.
+    """
+
+    def takes_act(layer: nn.Module, name: str) -> bool:  # a PackedBitLinear (its class says so) without one yet
+        return name in getattr(layer, "epilogue_activations", ()) and getattr(layer, "activation", None) == ""
+
+    blocks = []
+    for block in getattr(model, "blocks", []):
+        mlp = getattr(block, "mlp", None)
+        name = getattr(mlp, "activation", None)
+        first = "gate" if hasattr(mlp, "gate") else "fc"
+        if not isinstance(name, str) or not takes_act(getattr(mlp, first, None), name):
+            blocks.append(block)
+            continue
+        view, mlp_view, layer = _shallow(block), _shallow(mlp), _shallow(getattr(mlp, first))
+        layer.activation, mlp_view.act = name, _identity
+        setattr(mlp_view, first, layer)
+        view.mlp = mlp_view
+        blocks.append(view)
+    if all(a is b for a, b in zip(blocks, getattr(model, "blocks", []), strict=True)):
+        return model
+    folded = _shallow(model)
+    folded.blocks = nn.ModuleList(blocks)
+    return folded
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def fold_layers(model: nn.Module) -> nn.Module:
+    """:func:`fold_prenorms` then :func:`fold_activations`: what the packed layers can take on before decoding."""
+    return fold_activations(fold_prenorms(model))
+
+
+def add_output(residual: torch.Tensor, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``residual + layer(h)``: the block's residual add, inside the layer's kernel where it can do it
+    (a PackedBitLinear, ``adds_residual``: one kernel less per add), else the add of ``Block.forward``."""
+    if getattr(layer, "adds_residual", False):
+        return layer(h, residual=residual)
+    return residual + layer(h)
+
+
 def _attend(
     attn: CausalSelfAttention,
     h: torch.Tensor,
@@ -113,9 +166,11 @@ def _attend(
     cache: StaticCache,
     seen: torch.Tensor,
 ) -> torch.Tensor:
-    """One new token per sequence through ``attn``, its k and v written into the static cache at ``cache.pos``.
+    """One new token per sequence through ``attn`` up to ``proj``'s input, k and v written into the static
+    cache at ``cache.pos``.
 
-    The same pieces as ``CausalSelfAttention.forward`` (heads, RoPE at ``cache.pos``, shared heads, SubLN, proj).
+    The same pieces as ``CausalSelfAttention.forward`` (heads, RoPE at ``cache.pos``, shared heads, SubLN);
+    the caller applies ``proj`` (with the residual add, :func:`add_output`).
     ``seen`` (1, 1, 1, block_size) bool: the cached positions the new token attends to.
     """
     q, k, v = attn.split_heads(h)
@@ -124,7 +179,7 @@ def _attend(
     v_cache.index_copy_(2, cache.pos, v.to(v_cache.dtype))
     keys, values = attn.expand_kv(k_cache.to(q.dtype), v_cache.to(q.dtype))
     y = F.scaled_dot_product_attention(q, keys, values, attn_mask=seen, scale=attn.scale)
-    return attn.merge_heads(y)
+    return attn.concat_heads(y)
 
 
 def decode_step(model: torch.nn.Module, cache: StaticCache, tok: torch.Tensor) -> torch.Tensor:
@@ -139,8 +194,12 @@ def decode_step(model: torch.nn.Module, cache: StaticCache, tok: torch.Tensor) -
     # the new token sees itself and every earlier one: one mask for all layers (a kernel, not one per layer)
     seen = (cache.positions <= cache.pos).view(1, 1, 1, -1)
     for i, block in enumerate(model.blocks):
-        x = x + _attend(block.attn, block.ln1(x), cache.k[i], cache.v[i], cache, seen)
-        x = x + block.mlp(block.ln2(x))
+        attn, mlp = block.attn, block.mlp
+        x = add_output(x, attn.proj, _attend(attn, block.ln1(x), cache.k[i], cache.v[i], cache, seen))
+        if hasattr(mlp, "hidden"):  # our MLP or GatedMLP: the last layer adds the residual itself
+            x = add_output(x, getattr(mlp, "down", None) or mlp.proj, mlp.hidden(block.ln2(x)))
+        else:  # a feed-forward swapped in by a lesson
+            x = x + mlp(block.ln2(x))
     cache.pos.add_(1)
     return model.lm_head(model.ln_f(x))[:, -1, :]
 
@@ -171,7 +230,7 @@ class Decoder:
     def __init__(
         self, model: torch.nn.Module, batch: int, temperature: float, top_k: int | None, graph: bool, compile: bool
     ):
-        self.model, self.temperature, self.top_k = fold_prenorms(model), temperature, top_k
+        self.model, self.temperature, self.top_k = fold_layers(model), temperature, top_k
         # torch.compile fuses the small ops between the matmuls (norms, adds, activations, the mask): at
         # batch 1 they are most of the kernels of a step; the packed layers stay one opaque op each
         self.decode_step = torch.compile(decode_step, dynamic=False) if compile else decode_step

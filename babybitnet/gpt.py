@@ -180,16 +180,19 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.fc = linear(config.n_embd, hidden)
+        self.activation = config.activation  # its name: decode.fold_activations hands it to a packed fc
         self.act = ACTIVATIONS[config.activation]
         self.sub_norm = sub_norm(config, hidden)
         self.proj = linear(hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer: everything before ``proj``, (..., n_embd) -> (..., hidden_size)."""
         h = self.act(self.fc(x))
-        if self.sub_norm is not None:
-            h = self.sub_norm(h)
-        return self.dropout(self.proj(h))
+        return h if self.sub_norm is None else self.sub_norm(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.hidden(x)))
 
 
 class GatedMLP(nn.Module):
@@ -204,16 +207,19 @@ class GatedMLP(nn.Module):
         hidden = config.hidden_size
         self.gate = linear(config.n_embd, hidden)
         self.up = linear(config.n_embd, hidden)
+        self.activation = config.activation  # its name: decode.fold_activations hands it to a packed gate
         self.act = ACTIVATIONS[config.activation]
         self.sub_norm = sub_norm(config, hidden)
         self.down = linear(hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer: everything before ``down``, (..., n_embd) -> (..., hidden_size)."""
         h = self.act(self.gate(x)) * self.up(x)
-        if self.sub_norm is not None:
-            h = self.sub_norm(h)
-        return self.dropout(self.down(h))
+        return h if self.sub_norm is None else self.sub_norm(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(self.hidden(x)))
 
 
 class TiedHead(nn.Module):
@@ -397,9 +403,9 @@ class GPT(nn.Module):
             idx = decode.generate(self, idx, max_new_tokens, temperature, top_k, generator, compile=compile)
             max_new_tokens -= idx.shape[1] - start
         cache = None
-        # a packed model with each block's pre-norm moved into the packed layers it feeds, whose
-        # kernels apply it themselves (decode.fold_prenorms; any other model is itself)
-        model = decode.fold_prenorms(self)
+        # a packed model with each block's pre-norm and activation moved into the packed layers next to
+        # them, whose kernels apply them themselves (decode.fold_layers; any other model is itself)
+        model = decode.fold_layers(self)
         for _ in range(max_new_tokens):
             if use_cache and idx.shape[1] <= block_size:
                 if cache is None:  # prefill: the whole prompt at once

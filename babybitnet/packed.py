@@ -24,8 +24,9 @@ from torch import nn
 from babybitnet.addonly import packed_linear
 from babybitnet.bitlinear import BitLinear, check_linear_args, int_linear
 from babybitnet.gpt import GPT
-from babybitnet.kernels.cpu import ext_linear, load_extension
+from babybitnet.kernels.cpu import CPU_ACTS, ext_linear, load_extension
 from babybitnet.kernels.dispatch import packed_linear as gpu_packed_linear
+from babybitnet.kernels.triton_common import EPILOGUE_ACTS, epilogue
 from babybitnet.packing import ZERO_BYTE, check_format, pack, packed_shape, unpack
 
 
@@ -39,7 +40,10 @@ class PackedBitLinear(nn.Module):
     Sub-module ``norm`` (nn.RMSNorm) when the BitLinear had ``norm=True``. Build it with :meth:`from_bitlinear`.
 
     ``applies_its_norm``: its kernels apply the ``norm`` themselves, with no torch call of its own,
-    so :func:`babybitnet.decode.fold_prenorms` may move a block's pre-norm into it.
+    so :func:`babybitnet.decode.fold_prenorms` may move a block's pre-norm into it. Likewise the
+    epilogue: ``activation`` (a name of ``EPILOGUE_ACTS``, '' for none: set on a view by
+    :func:`babybitnet.decode.fold_activations`) and ``forward(x, residual)``, which returns
+    ``residual + act(layer(x))`` (``adds_residual``: the block's residual add in the layer's store).
 
     forward(x): x (..., in_features) float -> (..., out_features), the same
     numbers as ``BitLinear.eval()`` under ``torch.no_grad()`` (with a ``norm``,
@@ -49,6 +53,11 @@ class PackedBitLinear(nn.Module):
     """
 
     applies_its_norm = True
+    # The epilogue (decode's views set it; see decode.fold_activations): the activation that follows the
+    # layer, applied to its outputs, and forward's ``residual``, added to them: residual + act(layer(x)).
+    activation = ""
+    epilogue_activations = tuple(EPILOGUE_ACTS)
+    adds_residual = True
 
     def __init__(
         self,
@@ -107,33 +116,41 @@ class PackedBitLinear(nn.Module):
         """The unpacked ternary weights: int8 (out_features, in_features)."""
         return unpack(self.packed, self.shape[-1], self.fmt).reshape(self.out_features, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"PackedBitLinear({self.in_features} -> {self.out_features}) expects inputs whose last dimension "
                 f"is {self.in_features}, got shape {tuple(x.shape)}"
             )
+        if residual is not None and (residual.shape[:-1] != x.shape[:-1] or residual.shape[-1] != self.out_features):
+            raise ValueError(
+                f"residual must have the layer's output shape {(*x.shape[:-1], self.out_features)}, "
+                f"got {tuple(residual.shape)}"
+            )
         fast = self.fmt == "2bit" and self.act_bits == 8  # what the kernels take
-        bias = self.bias
+        bias, act = self.bias, self.activation
         if x.is_cuda and fast and _triton_available():
-            y = self._gpu_linear(x)  # with the norm, inside the kernel where it can be
-            return y if bias is None else y + bias
+            if bias is None and (residual is None or residual.dtype == x.dtype):
+                return self._gpu_linear(x, act, residual)  # norm, layer and epilogue in one kernel where it can be
+            y = self._gpu_linear(x)
+            return epilogue(y if bias is None else y + bias, act, residual)
         ext = load_extension() if fast and x.device.type == "cpu" else None
         if ext is not None and x.dtype == torch.float32 and self.scale.dtype == torch.float32:
-            # the hot path at decode: (norm,) quantize, add-only GEMV, rescale (and bias) in one C++ call,
-            # kernels.cpu.ext_linear, where addonly.packed_linear also ends. The shapes were checked at
-            # construction: no per-call checks (at babyGPT's size the arithmetic of a layer takes a few
-            # microseconds, about what each Python step around it costs)
+            # the hot path at decode: (norm,) quantize, add-only GEMV, rescale (and bias, activation,
+            # residual) in one C++ call, kernels.cpu.ext_linear, where addonly.packed_linear also ends. The
+            # shapes were checked at construction: no per-call checks (at babyGPT's size the arithmetic of a
+            # layer takes a few microseconds, about what each Python step around it costs)
             x, w, eps = self._kernel_norm(x)
-            if (
-                bias is not None
-                and bias.dtype == torch.float32
-                and not (bias.requires_grad and torch.is_grad_enabled())
-            ):
-                return ext_linear(x, self.packed, self.scale, bias, ext=ext, norm_weight=w, norm_eps=eps)
-            # a bias that needs its gradient: torch adds it
-            y = ext_linear(x, self.packed, self.scale, ext=ext, norm_weight=w, norm_eps=eps)
-            return y if bias is None else y + bias
+            grads = torch.is_grad_enabled()  # the C++ call has no backward: what needs a gradient stays in torch
+            c_bias = bias is not None and bias.dtype == torch.float32 and not (bias.requires_grad and grads)
+            c_res = residual is None or (residual.dtype == torch.float32 and not (residual.requires_grad and grads))
+            if (c_bias or bias is None) and c_res and act in CPU_ACTS:
+                return ext_linear(
+                    x, self.packed, self.scale, bias, ext=ext, norm_weight=w, norm_eps=eps, activation=act,
+                    residual=residual,
+                )  # fmt: skip
+            y = ext_linear(x, self.packed, self.scale, bias if c_bias else None, ext=ext, norm_weight=w, norm_eps=eps)
+            return epilogue(y if c_bias or bias is None else y + bias, act, residual)
         if self.norm is not None:
             x = self.norm(x)
         if ext is not None:  # other dtypes: the torch steps around the same kernel
@@ -144,9 +161,9 @@ class PackedBitLinear(nn.Module):
             # ternary_weight() check the bytes)
             w_t = unpack(self.packed, self.shape[-1], self.fmt, check=False)
             y = int_linear(x, w_t.reshape(self.out_features, self.in_features), self.scale, self.act_bits)
-        return y if bias is None else y + bias
+        return epilogue(y if bias is None else y + bias, act, residual)
 
-    def _gpu_linear(self, x: torch.Tensor) -> torch.Tensor:
+    def _gpu_linear(self, x: torch.Tensor, activation: str = "", residual: torch.Tensor | None = None) -> torch.Tensor:
         """On a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13).
 
         ``babybitnet.kernels.dispatch.packed_linear`` picks it per shape (N, K, range of batch sizes):
@@ -154,11 +171,13 @@ class PackedBitLinear(nn.Module):
         int8 tensor-core GEMM, cuBLAS on weights unpacked on the fly) and keeps the fastest, in
         memory and in ``~/.cache/babybitnet/tuning.json`` (:mod:`babybitnet.kernels.tuning`).
         The RMSNorm in front (``norm``) goes to the kernel too: the one-launch kernel applies it as it
-        reads x, so it costs no launch of its own.
+        reads x, so it costs no launch of its own; and so do ``activation`` and ``residual`` (the
+        epilogue ``residual + act(y)``), which the dp4a kernels apply to their outputs as they store them.
         """
         x, w, eps = self._kernel_norm(x)
         x2 = x.reshape(-1, self.in_features)
-        y = gpu_packed_linear(x2, self.packed, self.scale, self.in_features, w, eps)
+        r2 = None if residual is None else residual.reshape(-1, self.out_features)
+        y = gpu_packed_linear(x2, self.packed, self.scale, self.in_features, w, eps, activation, r2)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _kernel_norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:

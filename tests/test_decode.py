@@ -126,3 +126,58 @@ def test_folded_norms_on_cuda_give_the_logits_of_the_cpu():
     cuda = copy.deepcopy(packed).cuda()
     got, _ = decode.fold_prenorms(cuda)(idx.cuda())
     torch.testing.assert_close(got.cpu(), want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("ffn, activation", [("mlp", "relu"), ("mlp", "gelu"), ("gated", "relu2")])
+def test_fold_activations_moves_the_activation_into_the_layer_before_it(ffn, activation):
+    packed = pack_model(tiny("bitnet", seed=7, ffn=ffn, activation=activation))
+    folded = decode.fold_activations(packed)
+    first = "gate" if ffn == "gated" else "fc"
+    for block, orig in zip(folded.blocks, packed.blocks, strict=True):
+        assert getattr(block.mlp, first).activation == activation and block.mlp.act is not orig.mlp.act
+        assert getattr(orig.mlp, first).activation == ""  # the model itself is unchanged
+        assert getattr(block.mlp, first).packed is getattr(orig.mlp, first).packed  # a view: tensors shared
+        if ffn == "gated":
+            assert block.mlp.up.activation == ""  # act(gate(x)) * up(x): only the gate's output
+    idx = torch.tensor([[1, 4, 2, 7]])
+    want, _ = packed(idx)
+    got, _ = folded(idx)
+    assert torch.equal(got, want)  # the same ops on the same numbers, in the C++ call or in torch (gelu)
+    assert decode.fold_activations(folded) is folded  # nothing left to fold
+    for model in (tiny("fp"), tiny("bitnet")):
+        assert decode.fold_activations(model) is model
+
+
+def test_decode_adds_the_residual_in_the_last_layers():
+    # add_output hands the residual stream to proj (attention) and to the feed-forward's last layer
+    packed = pack_model(tiny("bitnet", seed=8))
+    calls = []
+    for block in packed.blocks:
+        for layer in (block.attn.proj, block.mlp.proj):
+            layer.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+    idx = torch.tensor([[1, 4, 2]])
+    got = decode.generate(packed, idx, 5, graph=False)
+    assert calls and all(isinstance(c.get("residual"), torch.Tensor) for c in calls)
+    assert torch.equal(got, packed.generate(idx, 5, temperature=0, use_cache=False))
+    layer, h, r = packed.blocks[0].mlp.proj, torch.randn(1, 2, 64), torch.randn(1, 2, 16)
+    assert torch.equal(decode.add_output(r, layer, h), r + layer(h))
+    fp = torch.nn.Linear(64, 16)
+    assert torch.equal(decode.add_output(r, fp, h), r + fp(h))  # not a packed layer: the add of Block.forward
+    with pytest.raises(ValueError, match=r"residual must have the layer's output shape \(1, 2, 16\)"):
+        layer(h, residual=r[..., :8])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused epilogue runs in the GPU kernels")
+@pytest.mark.parametrize("activation", ["relu", "relu2", "gelu"])
+def test_the_fused_decode_step_on_cuda_gives_the_logits_of_the_cpu(activation):
+    # norms, activations and residual adds inside the packed layers' kernels: the logits of the plain CPU model
+    packed = pack_model(tiny("bitnet", seed=9, n_embd=64, n_head=4, bias=False, activation=activation))
+    idx = torch.tensor([[1, 4, 2, 7]])
+    want, _ = packed(idx)
+    cuda = copy.deepcopy(packed).cuda()
+    folded = decode.fold_layers(cuda)
+    assert folded.blocks[0].mlp.fc.activation == activation
+    cache = decode.StaticCache(cuda, 1, torch.device("cuda"), torch.float32)
+    for t in range(idx.shape[1]):
+        got = decode.decode_step(folded, cache, idx[:, t : t + 1].cuda())
+        torch.testing.assert_close(got.cpu(), want[:, t], rtol=1e-3, atol=1e-3)

@@ -39,6 +39,7 @@ _SOURCE = Path(__file__).resolve().parent / "csrc" / "ternary_gemv.cpp"
 LOCK_WAIT_S = 300.0  # how long to wait for another process's build before using pure torch
 STALE_BATON_S = 600.0  # without flock (Windows): torch's lock file counts as stale after this long
 BUILD_LOCK = "babybitnet-build.lock"  # ours, beside torch's "lock"
+CPU_ACTS = {"": 0, "relu": 1, "relu2": 2}  # the activations the C++ layer applies itself (its act argument)
 _ext: ModuleType | None = None
 _ext_tried = False
 
@@ -183,6 +184,8 @@ def ext_linear(
     ext: ModuleType | None = None,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in one C++ call: float32 (..., K), uint8 (N, ceil(K/4)), s_w float32 (G,) -> (..., N).
 
@@ -190,6 +193,8 @@ def ext_linear(
     :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. ``norm_weight`` float32 (K,): first the
     RMSNorm of each token, ``F.rms_norm(x, (K,), norm_weight, norm_eps)`` up to float rounding (the C++
     sums its squares in order), so that the norm in front of a layer costs no torch call of its own.
+    ``activation`` ("", "relu", "relu2"; :data:`CPU_ACTS`) and ``residual`` float32 (..., N): the epilogue
+    ``residual + act(y)``, bit for bit torch's ops on the layer's output, in the same call.
     The one way into the C++ layer: both
     ``PackedBitLinear`` on the CPU and :func:`babybitnet.addonly.packed_linear` end here. No Python checks:
     this is the hot path of ``PackedBitLinear``, which checks its shapes once at construction (the C++ side
@@ -201,4 +206,4 @@ def ext_linear(
         ext = load_extension()
         if ext is None:
             raise RuntimeError(f"the C++ kernel is unavailable ({NO_EXT_ENV} is set or it failed to build)")
-    return ext.ternary_linear(x, packed, s_w, bias, EPS, norm_weight, norm_eps)
+    return ext.ternary_linear(x, packed, s_w, bias, EPS, norm_weight, norm_eps, CPU_ACTS[activation], residual)

@@ -22,6 +22,8 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 
 With an RMSNorm before the layer (``norm_weight``), the one-launch kernel applies it itself; every
 other candidate runs ``F.rms_norm`` first, and the tuner times them that way (a key of its own).
+Likewise the epilogue, ``residual + act(layer(x))`` (``activation``, ``residual``): the dp4a kernels
+do it in their store, the others in torch after them; each combination is tuned under its own key.
 
 Without tuning (Triton's interpreter, CPU tensors, ``BABYBITNET_TUNE=0``) a fixed default
 (:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from babybitnet.kernels import tuning
 from babybitnet.kernels.triton_bitlinear import DEFAULT_CONFIG as BITLINEAR_DEFAULT
 from babybitnet.kernels.triton_bitlinear import MAX_BLOCK_M, bitlinear_dp4a
-from babybitnet.kernels.triton_common import interpreted
+from babybitnet.kernels.triton_common import act_code, epilogue, interpreted
 from babybitnet.kernels.triton_dp4a import DEFAULT_CONFIG as DP4A_DEFAULT
 from babybitnet.kernels.triton_dp4a import dp4a_linear
 from babybitnet.kernels.triton_gemv import triton_packed_linear
@@ -47,8 +49,7 @@ from babybitnet.kernels.triton_mma import mma_linear
 from babybitnet.packing import unpack_2bit
 from babybitnet.quant import quantize_activations, row_scales
 
-KERNEL = "packed_linear"  # the tuning key's kernel name
-NORMED = "packed_linear+norm"  # ... for the layers with an RMSNorm first
+KERNEL = "packed_linear"  # the tuning key's kernel name (+norm, +<activation>, +residual: what the layer fuses)
 ONE_LAUNCH_MAX_K = 2048  # default: past this, re-quantizing the inputs in every program costs more than a second launch
 DP4A_MAX_M = 32  # candidates: the dp4a GEMV up to this many tokens
 MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
@@ -129,26 +130,37 @@ def run_candidate(
     k: int,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run candidate ``name`` (see :func:`candidates`): float (M, k) -> (M, N) in x's dtype.
 
-    With ``norm_weight``: the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)``.
+    With ``norm_weight``: the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)``; then the
+    epilogue ``residual + act(y)`` (``residual`` (M, N) in x's dtype).
     """
     kind, _, config = name.partition(":")
     cfg = tuple(int(v) for v in config.split(",")) if config else None
     if kind == "bitlinear":
-        return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps)
+        return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
     if norm_weight is not None:  # the other kernels take the normalised activations
         x = F.rms_norm(x, (k,), norm_weight, norm_eps)
-    if kind == "gemv":
-        return triton_packed_linear(x, packed, scale, k, cfg)
     if kind == "dp4a":
-        return dp4a_linear(x, packed, scale, k, cfg)
-    if kind in ("mma", "mma1"):
-        return mma_linear(x, packed, scale, k, cfg, fused=kind == "mma1")
-    if kind in ("bf16", "int_mm"):
-        return unpacked_linear(x, packed, scale, k, int8=kind == "int_mm")
-    raise ValueError(f"unknown packed_linear candidate {name!r}; the candidates are listed by dispatch.candidates")
+        return dp4a_linear(x, packed, scale, k, cfg, activation, residual)
+    if kind == "gemv":
+        y = triton_packed_linear(x, packed, scale, k, cfg)
+    elif kind in ("mma", "mma1"):
+        y = mma_linear(x, packed, scale, k, cfg, fused=kind == "mma1")
+    elif kind in ("bf16", "int_mm"):
+        y = unpacked_linear(x, packed, scale, k, int8=kind == "int_mm")
+    else:
+        raise ValueError(f"unknown packed_linear candidate {name!r}; the candidates are listed by dispatch.candidates")
+    return y if not activation and residual is None else epilogue(y, activation, residual)
+
+
+def kernel_name(norm: bool, activation: str, residual: bool) -> str:
+    """The tuning key's kernel name for a layer with these fusions: 'packed_linear+norm+relu2+residual'."""
+    fused = ("+norm" if norm else "") + (f"+{activation}" if activation else "") + ("+residual" if residual else "")
+    return KERNEL + fused
 
 
 def choice(
@@ -158,17 +170,20 @@ def choice(
     k: int,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> str:
     """The candidate :func:`packed_linear` runs for these inputs, tuning its shape first where it may."""
     norm = norm_weight is not None
     if x.shape[0] == 0 or not x.is_cuda or interpreted():
         return default_candidate(max(x.shape[0], 1), k, norm)
-    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0]), norm))
+    fused = (norm, activation, residual is not None)
+    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0]), fused))
     if name is not None:  # the fast path of every call after the first
         return name
     capturing = torch.cuda.is_current_stream_capturing()  # no timing inside a capture: it would synchronize
     device = torch.cuda.get_device_name(x.device)
-    return tuned_choice(x, packed, scale, k, device, capturing, norm_weight, norm_eps)
+    return tuned_choice(x, packed, scale, k, device, capturing, norm_weight, norm_eps, activation, residual)
 
 
 def tuned_choice(
@@ -180,20 +195,25 @@ def tuned_choice(
     capturing: bool,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> str:
     """:func:`choice` on a GPU named ``device``: the memo, else the tuner (which times nothing while ``capturing``)."""
     m, n, norm = x.shape[0], packed.shape[0], norm_weight is not None
-    memo_key = (x.device.index, n, k, tuning.m_bucket(m), norm)
+    memo_key = (x.device.index, n, k, tuning.m_bucket(m), (norm, activation, residual is not None))
     name = _memo.get(memo_key)
     if name is not None:
         return name
     m_t = tuning.bucket_m(m)
-    key = tuning.tuning_key(NORMED if norm else KERNEL, n, k, m_t, device)
+    key = tuning.tuning_key(kernel_name(norm, activation, residual is not None), n, k, m_t, device)
     default = default_candidate(m_t, k, norm)
     tune = tuning.tuning_enabled() and not capturing
     x_t = torch.randn(m_t, k, device=x.device, dtype=x.dtype) if tune else x  # each bucket timed at its edge
+    r_t = residual
+    if tune and residual is not None:
+        r_t = torch.randn(m_t, n, device=x.device, dtype=x.dtype)
     fns = {
-        nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k, norm_weight, norm_eps))
+        nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k, norm_weight, norm_eps, activation, r_t))
         for nm in candidates(m_t, n, k, norm)
     }
     name = TUNER.choose(key, fns, default, tune=tune)
@@ -205,8 +225,7 @@ def tuned_choice(
 def forget() -> None:
     """Forget every choice (memory and the tuning file): the next calls tune again."""
     _memo.clear()
-    TUNER.forget(KERNEL + "|")
-    TUNER.forget(NORMED + "|")
+    TUNER.forget(KERNEL)  # every packed_linear key, with or without fusions
 
 
 @torch.library.custom_op("babybitnet::packed_linear", mutates_args=())
@@ -217,13 +236,18 @@ def packed_linear(
     k: int,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float (M, k), uint8 (N, ceil(k/4)) 2-bit weights, s_w (G,) -> (M, N) in x's dtype, on the GPU.
 
-    ``norm_weight`` (k,): the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)`` (fused where it can be).
+    ``norm_weight`` (k,): the layer of ``F.rms_norm(x, (k,), norm_weight, norm_eps)`` (fused where it can be);
+    ``activation`` (a name of ``EPILOGUE_ACTS``, '' for none) and ``residual`` (M, N) in x's dtype: the
+    output is ``residual + act(layer)``, done in the kernel's store where it can be.
     """
-    name = choice(x, packed, scale, k, norm_weight, norm_eps)
-    return run_candidate(name, x, packed, scale, k, norm_weight, norm_eps)
+    act_code(activation)  # a clear error for an unknown name, before any kernel is chosen
+    name = choice(x, packed, scale, k, norm_weight, norm_eps, activation, residual)
+    return run_candidate(name, x, packed, scale, k, norm_weight, norm_eps, activation, residual)
 
 
 @packed_linear.register_fake
@@ -234,5 +258,7 @@ def _(
     k: int,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float = 0.0,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return x.new_empty(x.shape[0], packed.shape[0])

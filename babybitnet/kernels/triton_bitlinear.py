@@ -20,7 +20,9 @@ With ``norm_weight`` the kernel also applies the RMSNorm that comes before the l
 own with ``bitlinear_norm``, or the block's pre-norm, which :func:`babybitnet.decode.fold_prenorms`
 moves into the layer): one more pass over x gives each token's ``1 / rms``, and every input is
 normalised where it is read. A norm then costs no kernel of its own, which at decode is one launch
-(a few microseconds) per layer that babyGPT still pays.
+(a few microseconds) per layer that babyGPT still pays. So do the activation after a layer and the
+residual add after the block's last layers (the *epilogue*, ``activation`` and ``residual``): they are
+done to the outputs in the store (:func:`babybitnet.kernels.triton_common.finish_tile`).
 
 K must be a multiple of 16 (whole words), as for the dp4a kernel; at most 16 tokens per program.
 """
@@ -29,7 +31,18 @@ from __future__ import annotations
 
 import torch
 
-from babybitnet.kernels.triton_common import Config, check_config, check_packed_on, interpreted, require_triton, tl
+from babybitnet.kernels.triton_common import (
+    Config,
+    act_code,
+    check_config,
+    check_packed_on,
+    check_residual,
+    epilogue,
+    finish_tile,
+    interpreted,
+    require_triton,
+    tl,
+)
 from babybitnet.kernels.triton_common import triton as triton
 from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_words, round_to_int
 from babybitnet.quant import EPS, check_weight_groups
@@ -83,6 +96,7 @@ if triton is not None:
         y_ptr,  # (M, N) float output
         sw_ptr,  # (N / ROWS,) float weight scales, one per group of ROWS rows
         g_ptr,  # (K,) float: the RMSNorm's weight (read only if NORM)
+        r_ptr,  # (M, N) the residual to add to the outputs (read only if RESIDUAL)
         M,
         N,
         KW,
@@ -90,6 +104,7 @@ if triton is not None:
         stride_xm,
         stride_wn,
         stride_ym,
+        stride_rm,
         eps,
         norm_eps,
         BLOCK_M: tl.constexpr,
@@ -99,6 +114,8 @@ if triton is not None:
         NORM: tl.constexpr,  # an RMSNorm first (the layer's own, or the block's pre-norm folded in)
         USE_ASM: tl.constexpr,
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
+        ACT: tl.constexpr,  # the epilogue: the activation after the layer (EPILOGUE_ACTS) ...
+        RESIDUAL: tl.constexpr,  # ... and the residual stream to add
     ):
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -135,11 +152,11 @@ if triton is not None:
             acc, x_sum = quantized_step(words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
             words = nxt
         acc, x_sum = quantized_step(words, x_rows, last, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
-        # 3. codes are w + 1: subtract sum x; then one rescale per output
+        # 3. codes are w + 1: subtract sum x; then one rescale per output, and the epilogue
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]
         s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
         y = y.to(tl.float32) / (s[:, None] * s_w[None, :])
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+        finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL)
 
 else:
     load_inputs = quantized_planes = quantized_step = bitlinear_dp4a_kernel = None
@@ -153,6 +170,8 @@ def bitlinear_dp4a(
     config: Config | None = None,
     norm_weight: torch.Tensor | None = None,
     norm_eps: float | None = None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in one launch: float (M, k) with M <= 16, uint8 (N, k/4), s_w (G,) -> (M, N) in x's dtype.
 
@@ -161,6 +180,9 @@ def bitlinear_dp4a(
     torch's default eps for x's dtype), inside the same kernel, so that a norm before a layer costs no
     launch of its own. Its numbers are torch's up to the float rounding of the norm (the order of
     its sum of squares), which can move an input across a rounding boundary of the 8-bit quantizer.
+    The epilogue: ``residual + act(y)`` with ``activation`` one of ``EPILOGUE_ACTS`` and ``residual``
+    (M, N) in x's dtype (:func:`babybitnet.kernels.triton_common.epilogue`'s numbers), in the store:
+    the activation and the residual add after a layer cost no kernels of their own either.
     No data-dependent checks: it never synchronizes, so a CUDA graph can capture it.
     """
     require_triton()
@@ -181,10 +203,13 @@ def bitlinear_dp4a(
     norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
     n = packed.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    act = act_code(activation)
+    check_residual(residual, y)
     if m == 0 or n == 0:
         return y
     if k == 0:
-        return y.zero_()
+        return epilogue(y.zero_(), activation, residual)
+    residual = None if residual is None else residual.contiguous()  # the kernel reads rows of unit stride
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = triton.next_power_of_2(m)
     x, w = x.contiguous(), as_words(packed)
@@ -192,9 +217,11 @@ def bitlinear_dp4a(
     kw = k // 16
     bitlinear_dp4a_kernel[(triton.cdiv(n, block_n), 1)](
         x, w, y, s_w.reshape(-1).to(x.device), x if norm_weight is None else norm_weight.contiguous(),
-        m, n, kw, rows, x.stride(0), w.stride(0), y.stride(0), EPS, norm_eps,
+        y if residual is None else residual,
+        m, n, kw, rows, x.stride(0), w.stride(0), y.stride(0), 0 if residual is None else residual.stride(0),
+        EPS, norm_eps,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_K=min(1024, triton.next_power_of_2(k)),
         NORM=norm_weight is not None, USE_ASM=not interpreted(), EVEN=n % block_n == 0 and kw % block_w == 0,
-        num_warps=num_warps,
+        ACT=act, RESIDUAL=residual is not None, num_warps=num_warps,
     )  # fmt: skip
     return y

@@ -1,5 +1,6 @@
 """What the Triton kernels share: the optional import, the interpreter test, configs, input checks,
-and the two pieces of a GEMV kernel that are the same in both (:func:`program_tile`, :func:`store_outputs`).
+and the pieces of a GEMV kernel that are the same in all (:func:`program_tile`, :func:`store_outputs`,
+:func:`finish_tile`: the epilogue, what a layer's kernel may do to its outputs before it stores them).
 
 Triton is optional (``pip install triton``; a GPU build of torch ships it): without it these modules
 still import, and calling a kernel raises :func:`require_triton`'s error. With ``TRITON_INTERPRET=1``
@@ -21,6 +22,9 @@ except ImportError:  # the module still imports; using a kernel raises require_t
 
 Config = tuple[int, int, int]  # (BLOCK_N rows, BLOCK_K inputs or BLOCK_W words, num_warps)
 
+# The activations a kernel can apply to its outputs (finish_tile's ACT): the names of gpt.ACTIVATIONS
+EPILOGUE_ACTS = {"": 0, "relu": 1, "relu2": 2, "gelu": 3}
+
 if triton is not None:
 
     @triton.jit
@@ -39,19 +43,51 @@ if triton is not None:
         return offs_m, offs_n, offs_m < M, offs_n < N
 
     @triton.jit
-    def store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE: tl.constexpr):
+    def finish_tile(
+        y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr
+    ):
+        """Store the float32 tile ``y`` of the layer's outputs, after the epilogue the layer took on:
+        ACT (see :data:`EPILOGUE_ACTS`) applies the activation that follows the layer, RESIDUAL adds
+        ``r`` (the block's residual stream, (M, N) in y's dtype). Each step first rounds to the output's
+        dtype, as the separate torch ops would see their inputs, so the numbers are theirs; the kernels
+        they would cost (one each, a few microseconds at decode) are not launched."""
+        if ACT != 0 or RESIDUAL:
+            y = y.to(y_ptr.dtype.element_ty).to(tl.float32)  # the layer's own output, rounded
+        if ACT == 1:  # relu
+            y = tl.maximum(y, 0.0)
+        if ACT == 2:  # relu2: relu(y).square(), one product in float32
+            y = tl.maximum(y, 0.0)
+            y = y * y
+        if ACT == 3:  # gelu, torch's exact form: y / 2 * (1 + erf(y / sqrt 2))
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+        ok = m_ok[:, None] & n_ok[None, :]
+        if RESIDUAL:
+            if ACT != 0:
+                y = y.to(y_ptr.dtype.element_ty).to(tl.float32)
+            r = tl.load(r_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=ok, other=0.0)
+            y = r.to(tl.float32) + y
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=ok)
+
+    @triton.jit
+    def store_outputs(
+        y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE: tl.constexpr,
+        r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr,
+    ):  # fmt: skip
         """Store the (BLOCK_M, BLOCK_N) tile of sums ``y``; with RESCALE, ``y / (s_x[m] * s_w[n // ROWS])``:
         one multiplication per output, never per weight. ``s_w`` holds one scale per group of ROWS rows
         (ROWS = 1: one per row), in any float dtype: read as it is, no expanded float32 copy per call
-        (at decode that copy was two more kernels per layer). The store is masked: nothing past M or N is written."""
+        (at decode that copy was two more kernels per layer). Then :func:`finish_tile` (the epilogue:
+        ACT, RESIDUAL, only with RESCALE). The store is masked: nothing past M or N is written."""
         if RESCALE:
             s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
             s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
             y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+            finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL)
+        else:
+            tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 else:
-    program_tile = store_outputs = None
+    program_tile = finish_tile = store_outputs = None
 
 
 def require_triton() -> None:
@@ -88,4 +124,33 @@ def check_packed_on(packed: torch.Tensor, k: int, device: torch.device) -> None:
         raise ValueError(
             f"the Triton kernels run on a CUDA GPU but the tensors are on {device}; to run them on CPU in "
             "Triton's interpreter, set TRITON_INTERPRET=1 before importing babybitnet"
+        )
+
+
+def epilogue(y: torch.Tensor, activation: str = "", residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + act(y)`` in torch, op by op: what :func:`finish_tile` does inside a kernel (the reference,
+    and the path of every kernel without an epilogue). ``activation`` is one of :data:`EPILOGUE_ACTS`."""
+    act_code(activation)
+    if activation == "relu":
+        y = torch.relu(y)
+    elif activation == "relu2":
+        y = torch.relu(y).square()
+    elif activation == "gelu":
+        y = torch.nn.functional.gelu(y)
+    return y if residual is None else residual + y
+
+
+def act_code(activation: str) -> int:
+    """The kernels' ACT constant for ``activation``; a clear error for a name they do not know."""
+    if activation not in EPILOGUE_ACTS:
+        raise ValueError(f"activation must be one of {sorted(EPILOGUE_ACTS)} ('' for none), got {activation!r}")
+    return EPILOGUE_ACTS[activation]
+
+
+def check_residual(residual: torch.Tensor | None, y: torch.Tensor) -> None:
+    """The residual a kernel adds to its output y (M, N): the same shape, dtype and device."""
+    if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype or residual.device != y.device):
+        raise ValueError(
+            f"residual must match the layer's output: {y.dtype} {tuple(y.shape)} on {y.device}, "
+            f"got {residual.dtype} {tuple(residual.shape)} on {residual.device}"
         )

@@ -49,8 +49,11 @@ import torch
 
 from babybitnet.kernels.triton_common import (
     Config,
+    act_code,
     check_config,
     check_packed_on,
+    check_residual,
+    epilogue,
     interpreted,
     program_tile,
     require_triton,
@@ -130,6 +133,7 @@ if triton is not None:
         y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float
         sx_ptr,  # (M,) float32 activation scales (read only if RESCALE)
         sw_ptr,  # (N / ROWS,) float weight scales, one per group of ROWS rows (read only if RESCALE)
+        r_ptr,  # (M, N) the residual to add to the outputs (read only if RESIDUAL)
         M,
         N,
         KW,
@@ -137,12 +141,15 @@ if triton is not None:
         stride_xm,
         stride_wn,
         stride_ym,
+        stride_rm,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_W: tl.constexpr,  # words (16 weights each) per row per step
         USE_ASM: tl.constexpr,
         RESCALE: tl.constexpr,
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0: no masks needed
+        ACT: tl.constexpr,  # the epilogue (only with RESCALE): an activation (EPILOGUE_ACTS) ...
+        RESIDUAL: tl.constexpr,  # ... and a residual to add
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
         offs_m, offs_n, m_ok, n_ok = program_tile(M, N, BLOCK_M, BLOCK_N)
@@ -161,7 +168,8 @@ if triton is not None:
             words = nxt
         acc, x_sum = dp4a_step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
-        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE)
+        store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE,
+                      r_ptr, stride_rm, ACT, RESIDUAL)  # fmt: skip
 
     @triton.jit
     def quantize_words_kernel(
@@ -271,6 +279,8 @@ def dp4a_matmul(
     s_w_rows: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     config: Config | None = None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ W^T`` from prepared activation words (M, k/4) and 2-bit packed weights uint8 (N, k/4).
 
@@ -278,24 +288,32 @@ def dp4a_matmul(
     ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default); ``s_w_rows`` may also
     be the (G,) group scales of ``absmean_scale`` (group g: rows g*N/G ..), read in place. ``config`` =
     (BLOCK_N, BLOCK_W words, num_warps), powers of 2 (default :data:`DEFAULT_CONFIG`).
+    With scales, the epilogue: ``residual + act(y)`` (:func:`babybitnet.kernels.triton_common.epilogue`'s
+    numbers), ``residual`` (M, N) in ``out_dtype``, in the kernel's store.
     Never synchronizes, so it can be captured in a CUDA graph.
     """
     y = words_matmul_output(x_words, packed, k, s_x, s_w_rows, out_dtype)
     m, n, rescale = y.shape[0], y.shape[1], s_x is not None
+    act = act_code(activation)
+    if (act or residual is not None) and not rescale:
+        raise ValueError("an activation or residual needs the scales: the raw int32 sums take no epilogue")
+    check_residual(residual, y)
+    residual = None if residual is None else residual.contiguous()  # the kernel reads rows of unit stride
     if m == 0 or n == 0:
         return y
     if k == 0:
-        return y.zero_()
+        return epilogue(y.zero_(), activation, residual)
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = min(MAX_BLOCK_M, triton.next_power_of_2(m))
     block_w = max(8, block_w // block_m)  # keep the (M, N, W) accumulator in registers as tokens grow
     x_words, w = x_words.contiguous(), as_words(packed)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     ternary_gemv_dp4a_kernel[grid](
-        x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y,
+        x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y, y if residual is None else residual,
         m, n, k // 16, n // s_w_rows.numel() if rescale else 1, x_words.stride(0), w.stride(0), y.stride(0),
+        0 if residual is None else residual.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, USE_ASM=not interpreted(), RESCALE=rescale,
-        EVEN=n % block_n == 0 and (k // 16) % block_w == 0,
+        EVEN=n % block_n == 0 and (k // 16) % block_w == 0, ACT=act, RESIDUAL=residual is not None,
         num_warps=num_warps,
     )  # fmt: skip
     return y
@@ -325,12 +343,19 @@ def quantize_words(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, tor
 
 
 def dp4a_linear(
-    x: torch.Tensor, packed: torch.Tensor, s_w: torch.Tensor, k: int, config: Config | None = None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    s_w: torch.Tensor,
+    k: int,
+    config: Config | None = None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in two kernels: float (..., k), uint8 (N, k/4), s_w (G,) -> (..., N) in x's dtype.
 
     The same numbers as :func:`babybitnet.kernels.triton_gemv.triton_packed_linear` (the activations are
-    quantized in float32, the sums are exact int32), up to the float rounding of the rescale.
+    quantized in float32, the sums are exact int32), up to the float rounding of the rescale. With the
+    epilogue ``residual + act(y)`` (``residual`` (..., N) in x's dtype) in the GEMV's store.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != k:
         raise ValueError(
@@ -339,5 +364,7 @@ def dp4a_linear(
     n = packed.shape[0]
     check_weight_groups(s_w, n)
     words, s_x = quantize_words(x.reshape(-1, k))
-    y = dp4a_matmul(words, packed, k, s_x, s_w.reshape(-1).to(x.device), x.dtype, config)  # (G,): no copy per call
+    r = residual.reshape(-1, n) if residual is not None and residual.shape == (*x.shape[:-1], n) else residual
+    s_w = s_w.reshape(-1).to(x.device)  # (G,): read in place, no copy per call
+    y = dp4a_matmul(words, packed, k, s_x, s_w, x.dtype, config, activation, r)
     return y.reshape(*x.shape[:-1], n)

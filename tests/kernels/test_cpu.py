@@ -79,3 +79,23 @@ def test_ext_matmul_packed_exact_at_the_int16_bound(ext, k, m):
     want = exact(x_q, w_t)
     assert want[0, 0] == 127 * k and want[0, 1] == -127 * k
     assert torch.equal(cpu.ext_matmul_packed(x_q, pack_2bit(w_t), k), want)
+
+
+@pytest.mark.parametrize("activation", ["", "relu", "relu2"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_ext_linear_epilogue_is_torchs_ops_bit_for_bit(ext, activation, with_bias):
+    # residual + act(layer(x) + bias) in the C++ call: exactly torch's relu, square and add on the layer's output
+    g = torch.Generator().manual_seed(len(activation) + with_bias)
+    n, k = 36, 130  # a scalar tail (N % 8 = 4) after the AVX2 lanes
+    w_t, s_w = ternarize(torch.randn(n, k, generator=g), 3)
+    x, residual = torch.randn(2, 3, k, generator=g) * 3, torch.randn(2, 3, n, generator=g)
+    x[0, 0, 0] = float("nan")  # a NaN row stays NaN through relu, as in torch
+    bias = torch.randn(n, generator=g) if with_bias else None
+    packed = pack_2bit(w_t.to(torch.int8))
+    y = cpu.ext_linear(x, packed, s_w, bias, ext=ext)
+    want = residual + {"": lambda t: t, "relu": torch.relu, "relu2": lambda t: torch.relu(t).square()}[activation](y)
+    got = cpu.ext_linear(x, packed, s_w, bias, ext=ext, activation=activation, residual=residual)
+    assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+    assert got.isnan()[0, 0].all() and not got.isnan()[1:].any()
+    with pytest.raises(RuntimeError, match="residual must be float32 with the output's shape"):
+        cpu.ext_linear(x, packed, s_w, bias, ext=ext, residual=residual[..., :-1])

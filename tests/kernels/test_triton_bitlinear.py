@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 from babybitnet.kernels.triton_bitlinear import bitlinear_dp4a  # noqa: E402
+from babybitnet.kernels.triton_common import epilogue  # noqa: E402
 from babybitnet.kernels.triton_dp4a import dp4a_linear  # noqa: E402
 from babybitnet.packing import pack_2bit  # noqa: E402
 from babybitnet.quant import quantize_activations, row_scales  # noqa: E402
@@ -110,3 +111,37 @@ def test_fused_rmsnorm_checks_its_weight():
     w = pack_2bit(torch.zeros(4, 32, dtype=torch.int8)).to(DEVICE)
     with pytest.raises(ValueError, match=r"norm_weight must be the norm's weight, shape \(32,\)"):
         bitlinear_dp4a(torch.zeros(1, 32, device=DEVICE), w, torch.ones(1, device=DEVICE), 32, None, torch.ones(16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("activation", ["", "relu", "relu2", "gelu"])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("fn", [bitlinear_dp4a, dp4a_linear], ids=["one-launch", "two-kernel"])
+def test_epilogue_is_the_torch_ops_after_the_layer(dtype, activation, with_residual, fn):
+    # residual + act(layer(x)) in the kernel's store: the numbers of the layer, then torch's ops on its output
+    if not activation and not with_residual:
+        pytest.skip("no epilogue: the other tests")
+    m, n, k = 3, 13, 160
+    x, w_t, s_w = case(m, n, k, seed=len(activation) + 7 * with_residual)
+    x = x.to(dtype)
+    residual = (torch.randn(m, n, generator=torch.Generator().manual_seed(5)) * 4).to(dtype) if with_residual else None
+    pk, dev = pack_2bit(w_t).to(DEVICE), lambda t: None if t is None else t.to(DEVICE)
+    plain = fn(x.to(DEVICE), pk, s_w.to(DEVICE), k, SMALL).cpu()
+    want = epilogue(plain, activation, residual)
+    got = fn(x.to(DEVICE), pk, s_w.to(DEVICE), k, SMALL, activation=activation, residual=dev(residual)).cpu()
+    assert got.dtype == dtype and got.shape == (m, n)
+    if activation == "gelu":  # erf: Triton's and torch's may differ in the last bit of float32
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(got, want), (got - want).abs().max()
+    assert not torch.equal(got, plain)  # the epilogue did something
+
+
+def test_epilogue_checks_its_arguments():
+    w = pack_2bit(torch.zeros(4, 32, dtype=torch.int8)).to(DEVICE)
+    x, s = torch.zeros(2, 32, device=DEVICE), torch.ones(1, device=DEVICE)
+    for fn in (bitlinear_dp4a, dp4a_linear):
+        with pytest.raises(ValueError, match=r"activation must be one of .*'gelu'.*got 'swish'"):
+            fn(x, w, s, 32, activation="swish")
+        with pytest.raises(ValueError, match=r"residual must match the layer's output: torch.float32 \(2, 4\)"):
+            fn(x, w, s, 32, residual=torch.zeros(2, 5, device=DEVICE))

@@ -282,3 +282,32 @@ def test_switched_off_tuning_takes_the_default(tuner, monkeypatch):
     got = dispatch.tuned_choice(x, packed, torch.ones(1, device=DEVICE), 64, "GPU", capturing=False)
     assert got == dispatch.default_candidate(4, 64)
     assert not tuner.file().exists()
+
+
+@pytest.mark.parametrize("name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "bf16"])
+def test_every_candidate_computes_the_epilogue(name):
+    # residual + relu2(layer): in the dp4a kernels' store, after the kernel for the others; the same numbers
+    g = torch.Generator().manual_seed(3)
+    x, residual = torch.randn(4, 64, generator=g) * 2, torch.randn(4, 24, generator=g)
+    w_t = torch.randint(-1, 2, (24, 64), generator=g).to(torch.int8)
+    packed, s_w = pack_2bit(w_t), torch.tensor([0.25])
+    args = (x.to(DEVICE), packed.to(DEVICE), s_w.to(DEVICE), 64, None, 0.0)
+    got = dispatch.run_candidate(name, *args, "relu2", residual.to(DEVICE))
+    want = residual + torch.relu(cpu_packed_linear(x, packed, s_w, 64)).square()
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        torch.ops.babybitnet.packed_linear(*args, "tanh", None)
+
+
+def test_each_epilogue_is_tuned_under_its_own_key(tuner, monkeypatch):
+    monkeypatch.setattr(dispatch, "candidates", _small_candidates)
+    tuner.timer = fake_timer({"mma:64,64,256,4,3": 3.0, "bf16": 2.0, "mma:16,16,128,1,1": 1.0}, [])
+    x, packed = torch.randn(20, 64, device=DEVICE), pack_2bit(torch.ones(8, 64, dtype=torch.int8)).to(DEVICE)
+    s_w, residual = torch.ones(1, device=DEVICE), torch.zeros(20, 8, device=DEVICE)
+    dispatch.tuned_choice(x, packed, s_w, 64, "GPU", capturing=False, activation="relu2")
+    dispatch.tuned_choice(x, packed, s_w, 64, "GPU", capturing=False, residual=residual)
+    entries = json.loads(tuner.file().read_text())["entries"]
+    assert sorted(entries) == ["packed_linear+relu2|N=8|K=64|M=17-32|GPU", "packed_linear+residual|N=8|K=64|M=17-32|GPU"]
+    assert dispatch.kernel_name(True, "gelu", True) == "packed_linear+norm+gelu+residual"
+    dispatch.forget()
+    assert json.loads(tuner.file().read_text())["entries"] == {}

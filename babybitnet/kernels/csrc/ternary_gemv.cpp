@@ -380,9 +380,13 @@ const float* normed_row(const float* x, int64_t K, const float* w, float eps, fl
 // norm_weight: float32 (K,) or None: first the RMSNorm of each token with that weight and norm_eps
 // (normed_row), so that the norm in front of the layer costs no torch call of its own; the result is
 // then bitlinear.int_linear's on torch's norm up to that norm's float rounding.
+// act (0 none, 1 relu, 2 relu2 = relu(y) squared) and residual float32 (..., N) or None: the epilogue
+// residual + act(y), each step in float32 as torch's ops round it (bit for bit torch's relu, square, add),
+// so that the activation after a layer and the residual add after a block's layer cost no torch call.
 torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scale,
                              c10::optional<torch::Tensor> bias, double eps,
-                             c10::optional<torch::Tensor> norm_weight, double norm_eps) {
+                             c10::optional<torch::Tensor> norm_weight, double norm_eps,
+                             int64_t act, c10::optional<torch::Tensor> residual) {
   TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && scale.device().is_cpu(),
               "ternary_linear: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == torch::kFloat32 && scale.scalar_type() == torch::kFloat32,
@@ -408,6 +412,15 @@ torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tenso
     pw = nw.data_ptr<float>();
   }
   const float fneps = static_cast<float>(norm_eps);
+  TORCH_CHECK(act >= 0 && act <= 2, "ternary_linear: act must be 0 (none), 1 (relu) or 2 (relu2), got ", act);
+  const float* pr = nullptr;
+  torch::Tensor r;
+  if (residual.has_value() && residual->defined()) {
+    r = residual->contiguous();
+    TORCH_CHECK(r.device().is_cpu() && r.scalar_type() == torch::kFloat32 && r.numel() == x.numel() / K * N,
+                "ternary_linear: residual must be float32 with the output's shape (..., N=", N, ")");
+    pr = r.data_ptr<float>();
+  }
   x = x.contiguous();
   packed = packed.contiguous();
   scale = scale.contiguous();
@@ -458,28 +471,37 @@ torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, torch::Tenso
   const int8_t* pq = x_q.data();
   at::parallel_for(0, N, row_grain(M, Kq), [&](int64_t n0, int64_t n1) { rows_scalar(pq, M, Kq, pk, KB, acc, N, n0, n1); });
 #endif
-  // y = acc / (s_x * s_w): int_linear's float32 product, then its division (then + bias, as forward does)
+  // y = acc / (s_x * s_w): int_linear's float32 product, then its division (then + bias, as forward does),
+  // then the epilogue: act, + residual
   float* po = out.data_ptr<float>();
   const float* sr = s_row.data();
   for (int64_t m = 0; m < M; ++m) {
     const float sx = s_x[m];
     const int32_t* am = acc + m * N;
     float* om = po + m * N;
+    const float* rm = pr ? pr + m * N : nullptr;
     int64_t n = 0;
 #ifdef __AVX2__
     // 8 outputs at a time: the same IEEE conversion, product, division and sum as the scalar lines below
     const __m256 vsx = _mm256_set1_ps(sx);
+    const __m256 zero = _mm256_setzero_ps();
     for (; n + 8 <= N; n += 8) {
       const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(am + n)));
       __m256 y = _mm256_div_ps(a, _mm256_mul_ps(vsx, _mm256_loadu_ps(sr + n)));
       if (pb) y = _mm256_add_ps(y, _mm256_loadu_ps(pb + n));
+      if (act) y = _mm256_max_ps(zero, y);  // zero first: a NaN y stays NaN, as in torch.relu
+      if (act == 2) y = _mm256_mul_ps(y, y);
+      if (rm) y = _mm256_add_ps(_mm256_loadu_ps(rm + n), y);
       _mm256_storeu_ps(om + n, y);
     }
 #endif
-    if (pb) {
-      for (; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]) + pb[n];
-    } else {
-      for (; n < N; ++n) om[n] = static_cast<float>(am[n]) / (sx * sr[n]);
+    for (; n < N; ++n) {
+      float y = static_cast<float>(am[n]) / (sx * sr[n]);
+      if (pb) y += pb[n];
+      if (act) y = y > 0.0f || std::isnan(y) ? y : 0.0f;
+      if (act == 2) y = y * y;
+      if (rm) y = rm[n] + y;
+      om[n] = y;
     }
   }
   return out;
@@ -497,8 +519,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_matmul_packed", &ternary_matmul_packed,
         "int32 (M, N) = x_q int8 (M, K_pad) times ternary weights packed 2-bit uint8 (N, K_pad/4), additions only");
   m.def("ternary_linear", &ternary_linear, py::arg("x"), py::arg("packed"), py::arg("scale"), py::arg("bias"),
-        py::arg("eps"), py::arg("norm_weight") = py::none(), py::arg("norm_eps") = 0.0,
+        py::arg("eps"), py::arg("norm_weight") = py::none(), py::arg("norm_eps") = 0.0, py::arg("act") = 0,
+        py::arg("residual") = py::none(),
         "float32 (..., N) = BitLinear inference on float32 x (..., K): (RMSNorm,) quantize per token, add-only "
-        "GEMV, rescale, + bias; bit for bit bitlinear.int_linear (with a norm: up to the norm's rounding)");
+        "GEMV, rescale, + bias, (relu / relu2,) (+ residual); bit for bit bitlinear.int_linear and torch's ops "
+        "(with a norm: up to the norm's rounding)");
   m.def("has_avx2", &has_avx2, "whether the extension was compiled with the AVX2 kernel");
 }
