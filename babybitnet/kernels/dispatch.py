@@ -60,9 +60,13 @@ FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) 
 # choices and every time are in babybitnet/results/tuning_h200.json). Most others came within a few
 # percent of these, and each candidate costs a Triton compile (about a second) the first time a shape is
 # seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
-# (32, 32, 4) and (8, 256, 8) won at 2B4T's 2560-wide shapes at batch 1 when every config was timed
-# side by side (as `bench kernel --variants --shapes 2560x2560 7680x2560 --batches 1` does).
-TUNE_BITLINEAR = ((4, 32, 1), (16, 32, 4), (32, 32, 4), (8, 256, 8))
+# The one-launch configs below each won at some 2B4T or nanoGPT shape at batch 1 once the kernel read all of x
+# at once and each step's inputs in one contiguous block (a throwaway A/B of every config side by side on the
+# H200, session 8). At most 16 tokens the dp4a GEMV is tried in its default config only: the one-launch
+# kernel beat its best config at every shape timed; from 17 tokens (no one-launch kernel) all of TUNE_DP4A are.
+TUNE_BITLINEAR = (
+    (4, 32, 1), (8, 64, 2), (16, 32, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4), (8, 256, 8), (32, 64, 8),
+)  # fmt: skip
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
 TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
 
@@ -89,8 +93,8 @@ def candidates(m: int, n: int, k: int, norm: bool = False) -> list[str]:
     names = [default_candidate(m, k, norm)]
     if k % 16 == 0:
         if m <= MAX_BLOCK_M:
-            names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
-        if m <= DP4A_MAX_M:
+            names += [_name("bitlinear", c) for c in TUNE_BITLINEAR] + [_name("dp4a", DP4A_DEFAULT)]
+        elif m <= DP4A_MAX_M:
             names += [_name("dp4a", c) for c in TUNE_DP4A]
         if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
             mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]

@@ -48,8 +48,12 @@ from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_w
 from babybitnet.quant import EPS, check_weight_groups
 
 MAX_BLOCK_M = 16  # tokens per program: past that, use the two-kernel path or a GEMM
+SCALE_INPUTS_PER_WARP = 2048  # the scale's pass holds up to this many inputs (of all tokens) per warp at once
 DEFAULT_CONFIG = (8, 32, 2)  # (BLOCK_N rows, BLOCK_W words per step, num_warps)
-CONFIGS = ((4, 32, 1), (8, 32, 2), (8, 64, 2), (16, 32, 4), (16, 64, 4), (32, 32, 4), (8, 128, 4), (8, 256, 8))
+CONFIGS = (
+    (4, 32, 1), (8, 32, 2), (8, 64, 2), (16, 32, 4), (16, 64, 4), (32, 32, 4), (8, 128, 4), (8, 256, 8),
+    (4, 256, 4), (16, 256, 8), (16, 128, 4), (32, 64, 8),
+)  # fmt: skip
 
 if triton is not None:
 
@@ -66,27 +70,45 @@ if triton is not None:
 
     @triton.jit
     def quantized_planes(
-        x_rows, q0, K, s, m_ok, j, g_ptr, r, BLOCK_W: tl.constexpr, NORM: tl.constexpr, USE_ASM: tl.constexpr
-    ):
-        """Plane j of one step as int32 words (BLOCK_M, BLOCK_W): byte b of word q is round(x[16q + 4b + j] * s)."""
+        x_rows, q0, K, s, m_ok, g_ptr, r, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, NORM: tl.constexpr,
+        USE_ASM: tl.constexpr,
+    ):  # fmt: skip
+        """The 4 planes of one step as int32 words, each (BLOCK_M, BLOCK_W): byte b of word q of plane j is
+        round(x[16q + 4b + j] * s). The step's 16 * BLOCK_W inputs are read as ONE contiguous block and
+        regrouped in registers: read plane by plane (every 4th input), the same bytes cost four strided
+        reads, and the profile showed the cache busier with them than memory with the weights."""
         q = q0 + tl.arange(0, BLOCK_W)
-        b = tl.arange(0, 4)
-        k = 16 * q[None, :, None] + 4 * b[None, None, :] + j  # (1, BLOCK_W, 4)
+        t = tl.arange(0, 16)
+        k = 16 * q[None, :, None] + t[None, None, :]  # (1, BLOCK_W, 16): input t = 4b + j of word q
         v = load_inputs(x_rows[:, :, None], k, m_ok[:, None, None] & (k < K), g_ptr, r[:, None, None], NORM)
         byte = round_to_int(tl.minimum(tl.maximum(v * s[:, None, None], -127.0), 127.0), USE_ASM) & 0xFF
-        return tl.sum(byte << (8 * b)[None, None, :], axis=2)  # the 4 bytes never overlap: sum = or
+        byte = tl.reshape(byte, (BLOCK_M, BLOCK_W, 4, 4))  # [..., b, j]
+        b = tl.arange(0, 4)
+        words = tl.sum(byte << (8 * b)[None, None, :, None], axis=2)  # (BLOCK_M, BLOCK_W, 4 planes j); sum = or
+        even, odd = tl.split(tl.reshape(words, (BLOCK_M, BLOCK_W, 2, 2)))  # j = 2 j1 + j0: split on j0
+        x0, x2 = tl.split(even)
+        x1, x3 = tl.split(odd)
+        return x0, x1, x2, x3
+
+    @triton.jit
+    def plane_step(words, xj, j: tl.constexpr, acc, x_sum, USE_ASM: tl.constexpr):
+        """acc += codes of bit pair j * xj, x_sum += xj: one plane of one step."""
+        codes = (words >> (2 * j)) & 0x03030303
+        acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
+        x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        return acc, x_sum
 
     @triton.jit
     def quantized_step(
         words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r,
-        BLOCK_W: tl.constexpr, NORM: tl.constexpr, USE_ASM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, NORM: tl.constexpr, USE_ASM: tl.constexpr,
     ):  # fmt: skip
         """acc += codes * x_i and x_sum += x_i for one step, x_i quantized from the float inputs here."""
-        for j in tl.static_range(4):
-            xj = quantized_planes(x_rows, q0, K, s, m_ok, j, g_ptr, r, BLOCK_W, NORM, USE_ASM)
-            codes = (words >> (2 * j)) & 0x03030303
-            acc = dp4a(codes[None, :, :], xj[:, None, :], acc, USE_ASM)
-            x_sum = dp4a(0x01010101, xj, x_sum, USE_ASM)
+        x0, x1, x2, x3 = quantized_planes(x_rows, q0, K, s, m_ok, g_ptr, r, BLOCK_M, BLOCK_W, NORM, USE_ASM)
+        acc, x_sum = plane_step(words, x0, 0, acc, x_sum, USE_ASM)
+        acc, x_sum = plane_step(words, x1, 1, acc, x_sum, USE_ASM)
+        acc, x_sum = plane_step(words, x2, 2, acc, x_sum, USE_ASM)
+        acc, x_sum = plane_step(words, x3, 3, acc, x_sum, USE_ASM)
         return acc, x_sum
 
     @triton.jit
@@ -110,7 +132,7 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_W: tl.constexpr,
-        BLOCK_K: tl.constexpr,  # inputs per step of the scale's pass
+        BLOCK_K: tl.constexpr,  # inputs per read of the scale's pass (all of x where registers allow)
         NORM: tl.constexpr,  # an RMSNorm first (the layer's own, or the block's pre-norm folded in)
         USE_ASM: tl.constexpr,
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
@@ -127,39 +149,57 @@ if triton is not None:
         # worked out: at decode the kernel is a chain of waits, and this takes one wait off it.
         last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
         words = load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
-        # 0. with NORM, r = 1 / sqrt(mean(x^2) + norm_eps) per token, as torch's RMSNorm (float32 sums)
+        # 0-1. the scale of each token: 127 / max |x| (with NORM, of the normalised inputs, with
+        # r = 1 / sqrt(mean(x^2) + norm_eps) as torch's RMSNorm, float32 sums). The first BLOCK_K inputs are
+        # read once and kept in registers: where they are all of x (BLOCK_K >= K, as the launcher picks
+        # it), the scale costs ONE read of x from the cache, issued with the weights' first read; a loop of
+        # reads would wait for each in turn (at 2560 inputs, six waits of a few hundred ns with the norm).
+        k = tl.arange(0, BLOCK_K)
+        x0 = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
+        v0 = x0.to(tl.float32)
         r = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
         if NORM:
-            squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                x = load_inputs(x_rows, k[None, :], m_ok[:, None] & (k < K)[None, :], g_ptr, r[:, None], False)
-                squares += x * x
-            r = tl.math.rsqrt(tl.sum(squares, axis=1) / K + norm_eps)
-        # 1. the scale of each token: 127 / max |x|, as torch computes it (IEEE reciprocal, then the product)
-        amax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            x = load_inputs(x_rows, k[None, :], m_ok[:, None] & (k < K)[None, :], g_ptr, r[:, None], NORM)
-            amax = tl.maximum(amax, tl.abs(x))
-        s = tl.math.div_rn(1.0, tl.maximum(tl.max(amax, axis=1), eps)) * 127.0  # (BLOCK_M,)
+            g0 = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            sumsq = tl.sum(v0 * v0, axis=1)
+            for k0 in range(BLOCK_K, K, BLOCK_K):  # the rest of x, if any
+                kk = k0 + tl.arange(0, BLOCK_K)
+                v = load_inputs(x_rows, kk[None, :], m_ok[:, None] & (kk < K)[None, :], g_ptr, r[:, None], False)
+                sumsq += tl.sum(v * v, axis=1)
+            r = tl.math.rsqrt(sumsq / K + norm_eps)
+            v0 = ((v0 * r[:, None]) * g0[None, :]).to(x0.dtype).to(tl.float32)  # as load_inputs normalises
+        amax = tl.max(tl.abs(v0), axis=1)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            v = load_inputs(x_rows, kk[None, :], m_ok[:, None] & (kk < K)[None, :], g_ptr, r[:, None], NORM)
+            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+        # as torch computes 127 / t: an IEEE reciprocal, then the product
+        s = tl.math.div_rn(1.0, tl.maximum(amax, eps)) * 127.0  # (BLOCK_M,)
         # 2. the GEMV, quantizing each step's inputs on the fly; the next step's weights are requested
         # before this step's arithmetic (as in the dp4a kernel), and the last step comes after the loop
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_W), dtype=tl.int32)
         x_sum = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.int32)
         for q0 in range(0, last, BLOCK_W):
             nxt = load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
-            acc, x_sum = quantized_step(words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
+            acc, x_sum = quantized_step(
+                words, x_rows, q0, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_M, BLOCK_W, NORM, USE_ASM
+            )
             words = nxt
-        acc, x_sum = quantized_step(words, x_rows, last, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_W, NORM, USE_ASM)
+        acc, x_sum = quantized_step(
+            words, x_rows, last, K, s, m_ok, acc, x_sum, g_ptr, r, BLOCK_M, BLOCK_W, NORM, USE_ASM
+        )
         # 3. codes are w + 1: subtract sum x; then one rescale per output, and the epilogue
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]
         s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
         y = y.to(tl.float32) / (s[:, None] * s_w[None, :])
-        finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL)
+        finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL, USE_ASM)
 
 else:
-    load_inputs = quantized_planes = quantized_step = bitlinear_dp4a_kernel = None
+    load_inputs = quantized_planes = plane_step = quantized_step = bitlinear_dp4a_kernel = None
+
+
+def scale_block(k: int, block_m: int, num_warps: int) -> int:
+    """Inputs per read of the scale's pass: all K where they fit (SCALE_INPUTS_PER_WARP per warp, for all tokens)."""
+    return min(max(16, SCALE_INPUTS_PER_WARP * num_warps // block_m), triton.next_power_of_2(k))
 
 
 def bitlinear_dp4a(
@@ -220,7 +260,7 @@ def bitlinear_dp4a(
         y if residual is None else residual,
         m, n, kw, rows, x.stride(0), w.stride(0), y.stride(0), 0 if residual is None else residual.stride(0),
         EPS, norm_eps,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_K=min(1024, triton.next_power_of_2(k)),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_K=scale_block(k, block_m, num_warps),
         NORM=norm_weight is not None, USE_ASM=not interpreted(), EVEN=n % block_n == 0 and kw % block_w == 0,
         ACT=act, RESIDUAL=residual is not None, num_warps=num_warps,
     )  # fmt: skip

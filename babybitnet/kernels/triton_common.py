@@ -43,9 +43,22 @@ if triton is not None:
         return offs_m, offs_n, offs_m < M, offs_n < N
 
     @triton.jit
+    def mul_rn(a, b, USE_ASM: tl.constexpr):
+        """``a * b`` in float32, rounded on its own: the GPU's compiler may not fuse it with a later add into
+        one fused multiply-add (one rounding instead of torch's two)."""
+        if USE_ASM:
+            out = tl.inline_asm_elementwise(
+                "mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:  # the interpreter (numpy) rounds every operation
+            out = a * b
+        return out
+
+    @triton.jit
     def finish_tile(
-        y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr
-    ):
+        y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm,
+        ACT: tl.constexpr, RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
+    ):  # fmt: skip
         """Store the float32 tile ``y`` of the layer's outputs, after the epilogue the layer took on:
         ACT (see :data:`EPILOGUE_ACTS`) applies the activation that follows the layer, RESIDUAL adds
         ``r`` (the block's residual stream, (M, N) in y's dtype). Each step first rounds to the output's
@@ -57,9 +70,9 @@ if triton is not None:
             y = tl.maximum(y, 0.0)
         if ACT == 2:  # relu2: relu(y).square(), one product in float32
             y = tl.maximum(y, 0.0)
-            y = y * y
+            y = mul_rn(y, y, USE_ASM)
         if ACT == 3:  # gelu, torch's exact form: y / 2 * (1 + erf(y / sqrt 2))
-            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+            y = mul_rn(0.5 * y, 1.0 + tl.math.erf(y * 0.7071067811865476), USE_ASM)
         ok = m_ok[:, None] & n_ok[None, :]
         if RESIDUAL:
             if ACT != 0:
@@ -71,7 +84,7 @@ if triton is not None:
     @triton.jit
     def store_outputs(
         y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE: tl.constexpr,
-        r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr,
+        r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
     ):  # fmt: skip
         """Store the (BLOCK_M, BLOCK_N) tile of sums ``y``; with RESCALE, ``y / (s_x[m] * s_w[n // ROWS])``:
         one multiplication per output, never per weight. ``s_w`` holds one scale per group of ROWS rows
@@ -82,12 +95,12 @@ if triton is not None:
             s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
             s_w = tl.load(sw_ptr + offs_n // ROWS, mask=n_ok, other=1.0).to(tl.float32)
             y = y.to(tl.float32) / (s_x[:, None] * s_w[None, :])
-            finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL)
+            finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL, USE_ASM)
         else:
             tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 else:
-    program_tile = finish_tile = store_outputs = None
+    program_tile = mul_rn = finish_tile = store_outputs = None
 
 
 def require_triton() -> None:

@@ -169,7 +169,7 @@ if triton is not None:
         acc, x_sum = dp4a_step(words, x_rows, last, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
         y = tl.sum(acc, axis=2) - tl.sum(x_sum, axis=1)[:, None]  # sum (w + 1) x - sum x = sum w x
         store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE,
-                      r_ptr, stride_rm, ACT, RESIDUAL)  # fmt: skip
+                      r_ptr, stride_rm, ACT, RESIDUAL, USE_ASM)  # fmt: skip
 
     @triton.jit
     def quantize_words_kernel(

@@ -156,7 +156,7 @@ if triton is not None:
         y = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N): the threads combine their partial sums once
         # no epilogue here (ACT 0, no residual): the layers that fuse one use the dp4a kernels
         store_outputs(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE,
-                      y_ptr, 0, 0, False)  # fmt: skip
+                      y_ptr, 0, 0, False, False)  # fmt: skip
 
 else:
     load_packed_bytes = load_planes = add_plane = ternary_gemv_kernel = None
