@@ -532,9 +532,11 @@ for m in (1, 8):
 # bit for bit the torch steps of `packed_linear` (no torch op in between: at
 # width 64 those dozen small ops would take longer than the arithmetic). The
 # RMSNorm in front of each block's first layers goes into that call too
-# (`GPT.generate` moves it there with `decode.fold_prenorms`): torch's norm is
-# six small ops, about as slow as a whole packed layer at this width. Only the
-# norm's sum of squares runs in another order than torch's, so its last bit can differ.
+# (`GPT.generate` moves it there with `decode.fold_layers`): torch's norm is
+# six small ops, about as slow as a whole packed layer at this width. So does the
+# activation after the feed-forward's first layer (ReLU or ReLU², exactly torch's
+# numbers). Only the norm's sum of squares runs in another order than torch's, so
+# its last bit can differ.
 # `python -m babybitnet bench generate --device cpu` generates 200 tokens with
 # each model, freshly initialised, batch 1, with the KV cache, side by side.
 # Measured on a 2-core CPU, one thread, at nanoGPT's size and the seed's:

@@ -619,8 +619,8 @@ plt.show()
 #   or shorter warm-ups, and a fine-tune of a larger model (where it would save
 #   real compute), are untried.
 # - **Faster end to end on a GPU.** Generation captures each decode step in a
-#   CUDA graph (lesson 13), and packed babyBitNet is 1.09x babyGPT's tokens per
-#   second at nanoGPT's size and 1.42x at BitNet b1.58 2B4T's, where the BitNet
+#   CUDA graph (lesson 13), and packed babyBitNet is 1.30x babyGPT's tokens per
+#   second at nanoGPT's size and 1.90x at BitNet b1.58 2B4T's, where the BitNet
 #   team reports about 3x. At these matrix sizes our kernels read the packed
 #   weights at a fraction of the memory's speed (lesson 13's layer table), and the
 #   step's other kernels, the same in both models, cap the ratio.

@@ -579,17 +579,24 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
-# quantizes all its weights in every step) and a little faster than babyGPT:
-# 1.09x at nanoGPT's size, 1.42x at 2B4T's. Two changes got it there, both found
-# by asking where a token's GPU time goes (`bench generate --device cuda --profile`
-# adds up the kernels of the eager step with `torch.profiler`):
+# quantizes all its weights in every step) and faster than babyGPT: 1.30x at
+# nanoGPT's size, 1.90x at 2B4T's. Three changes got it there, each found by
+# asking where a token's GPU time goes (`bench generate --device cuda --profile`
+# adds up the kernels of the eager step with `torch.profiler`; Nsight Compute
+# looks inside one kernel):
 #
 # - the kernels read the weight scales as they are stored; before, every call
 #   first expanded them to one float32 scale per row, two tiny copy kernels per
 #   layer, 48 per token at nanoGPT's size, which cost as much as the GEMVs;
-# - the one-launch kernel applies the RMSNorm in front of its layer while it
-#   reads x, and `decode.fold_prenorms` moves every block's pre-norm into the
-#   packed layers it feeds: two norm kernels fewer per block than babyGPT.
+# - the packed layers do the small operations next to them: the one-launch
+#   kernel applies the RMSNorm in front of its layer while it reads x
+#   (`decode.fold_prenorms` moves every block's pre-norm into the packed layers
+#   it feeds), and the activation after the layer and the block's residual add
+#   while it stores its outputs (`decode.fold_activations`, `decode.add_output`):
+#   five or six kernels fewer per block than babyGPT launches;
+# - the one-launch kernel reads x once to find its scale and each step's inputs
+#   as one contiguous block; reading them plane by plane (every fourth input),
+#   in every program, had kept the L1 cache busier than memory.
 #
 # At batch 1 every layer's matmul is short: at nanoGPT's size ours and cuBLAS's
 # both take about 3 µs, all fixed cost (the weights sit in the 60 MB L2 cache
@@ -604,8 +611,8 @@ show_markdown(generate_table(measured("bench_generate_compile")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 
 # %% [markdown]
-# So to make ternary weights pay end to end at batch 1, the kernel must get
-# much closer to the memory bandwidth (it reads its weights at a third of
+# So to make ternary weights pay more end to end at batch 1, the kernel must get
+# closer still to the memory bandwidth (it reads its weights at about a third of
 # the H200's 4.8 TB/s) and the rest of the step must shrink with it. The
 # packed and unpacked models may pick different tokens in bf16: with random
 # weights the logits are nearly tied, and the kernel rounds the rescale in a
@@ -613,10 +620,9 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 #
 # The one-launch kernel, `babybitnet.kernels.triton_bitlinear`, quantizes the
 # activations inside the GEMV (every program redoes it for its rows, and with a
-# norm normalises them too): one launch per layer instead of two or three. It
-# wins for short rows (nanoGPT's layers, and 2,560 x 2,560 at 2B4T's size) and
-# loses for long ones (8,192 x 8,192), where re-quantizing a long row in every
-# program costs more than a second launch; the tuner below times it with the others.
+# norm normalises them too): one launch per layer instead of two or three. Since
+# it reads its inputs in contiguous blocks it wins at every shape of the tables
+# here at batch 1, long rows included; the tuner below times it with the others.
 #
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and
@@ -650,22 +656,16 @@ from babybitnet.experiments.bench_kernels import layer_table
 show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 
 # %% [markdown]
-# gemlite could not be imported in that run. The same command with gemlite, the
-# same day, with our kernels of just before the scale change (`bench_kernel_layer_h200_peers.json`):
-
-# %%
-show_markdown(layer_table(measured("bench_kernel_layer_h200_peers")))
-
-# %% [markdown]
+# gemlite 0.6 was installed on the same machine and timed in the same run.
+#
 # What the tables say:
 #
-# - At 8,192 x 8,192 our layer is 1.7x to 2.5x cuBLAS bf16 at every batch, and ahead of
+# - At 8,192 x 8,192 our layer is 1.7x to 3.0x cuBLAS bf16 at every batch, and ahead of
 #   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
 #   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
-# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 13.7 µs for 16.8 MB
-#   of packed weights is 1.2 TB/s, a quarter of the memory's speed. The quantizer launch and
-#   the fixed start of each kernel are a large part of it.
-# - At 2,560 x 2,560 (1.6 MB of packed weights) the one-launch kernel is now 1.3x bf16 at
+# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 11.2 µs for 16.8 MB
+#   of packed weights is 1.5 TB/s, a third of the memory's speed.
+# - At 2,560 x 2,560 (1.6 MB of packed weights) the one-launch kernel is 1.5x bf16 at
 #   batch 1, but at batch 8 and 32 every ternary layer here, ours and gemlite's, is slower
 #   than bf16: the whole matrix is read in less time than a kernel takes to start and finish.
 #
