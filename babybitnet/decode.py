@@ -62,6 +62,15 @@ def _shallow(module: nn.Module) -> nn.Module:
     return view
 
 
+def _with_blocks(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+    """``model`` itself if ``blocks`` are its own blocks, else a shallow view of it with these blocks instead."""
+    if all(a is b for a, b in zip(blocks, getattr(model, "blocks", []), strict=True)):
+        return model
+    folded = _shallow(model)
+    folded.blocks = nn.ModuleList(blocks)
+    return folded
+
+
 def fold_prenorms(model: nn.Module) -> nn.Module:
     """A view of a packed model in which each block's pre-norm sits inside the packed layers it feeds.
 
@@ -100,11 +109,7 @@ def fold_prenorms(model: nn.Module) -> nn.Module:
                 setattr(mlp, name, layer)
             view.mlp, view.ln2 = mlp, nn.Identity()
         blocks.append(view)
-    if all(a is b for a, b in zip(blocks, getattr(model, "blocks", []), strict=True)):
-        return model
-    folded = _shallow(model)
-    folded.blocks = nn.ModuleList(blocks)
-    return folded
+    return _with_blocks(model, blocks)
 
 
 def fold_activations(model: nn.Module) -> nn.Module:
@@ -134,11 +139,7 @@ def fold_activations(model: nn.Module) -> nn.Module:
         setattr(mlp_view, first, layer)
         view.mlp = mlp_view
         blocks.append(view)
-    if all(a is b for a, b in zip(blocks, getattr(model, "blocks", []), strict=True)):
-        return model
-    folded = _shallow(model)
-    folded.blocks = nn.ModuleList(blocks)
-    return folded
+    return _with_blocks(model, blocks)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

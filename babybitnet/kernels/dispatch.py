@@ -167,6 +167,13 @@ def kernel_name(norm: bool, activation: str, residual: bool) -> str:
     return KERNEL + fused
 
 
+def _memo_key(
+    x: torch.Tensor, packed: torch.Tensor, k: int, norm: bool, activation: str, residual: torch.Tensor | None
+) -> tuple:
+    """The in-memory key of a choice: device, shape, bucket of tokens and what the layer fuses."""
+    return (x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0]), (norm, activation, residual is not None))
+
+
 def choice(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -181,8 +188,7 @@ def choice(
     norm = norm_weight is not None
     if x.shape[0] == 0 or not x.is_cuda or interpreted():
         return default_candidate(max(x.shape[0], 1), k, norm)
-    fused = (norm, activation, residual is not None)
-    name = _memo.get((x.device.index, packed.shape[0], k, tuning.m_bucket(x.shape[0]), fused))
+    name = _memo.get(_memo_key(x, packed, k, norm, activation, residual))
     if name is not None:  # the fast path of every call after the first
         return name
     capturing = torch.cuda.is_current_stream_capturing()  # no timing inside a capture: it would synchronize
@@ -204,7 +210,7 @@ def tuned_choice(
 ) -> str:
     """:func:`choice` on a GPU named ``device``: the memo, else the tuner (which times nothing while ``capturing``)."""
     m, n, norm = x.shape[0], packed.shape[0], norm_weight is not None
-    memo_key = (x.device.index, n, k, tuning.m_bucket(m), (norm, activation, residual is not None))
+    memo_key = _memo_key(x, packed, k, norm, activation, residual)
     name = _memo.get(memo_key)
     if name is not None:
         return name
