@@ -30,13 +30,16 @@ feed-forward's activation, and the step hands each block's residual to its last 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from babybitnet.attention import CausalSelfAttention
+from babybitnet.kernels.triton_attention import decode_attention_op
 
 
 class StaticCache:
@@ -50,9 +53,20 @@ class StaticCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # where the next token goes
         self.positions = torch.arange(cfg.block_size, device=device)
+        # on a GPU, one kernel per layer writes k and v and attends over the positions written so far
+        # (kernels.triton_attention) in place of index_copy_, the mask and SDPA: both models use it
+        self.fused_attention = fused_attention_available(device)
 
     def reset(self) -> None:
         self.pos.zero_()  # stale keys past pos are masked, so they need no clearing
+
+
+def fused_attention_available(device: torch.device) -> bool:
+    """Whether the decode step can use :mod:`babybitnet.kernels.triton_attention` on ``device`` (a GPU with
+    Triton); ``BABYBITNET_FUSED_ATTENTION=0`` turns it off (SDPA then, to compare)."""
+    if device.type != "cuda" or os.environ.get("BABYBITNET_FUSED_ATTENTION", "1") == "0":
+        return False
+    return importlib.util.find_spec("triton") is not None
 
 
 def _shallow(module: nn.Module) -> nn.Module:
@@ -165,17 +179,21 @@ def _attend(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     cache: StaticCache,
-    seen: torch.Tensor,
+    seen: torch.Tensor | None,
 ) -> torch.Tensor:
     """One new token per sequence through ``attn`` up to ``proj``'s input, k and v written into the static
     cache at ``cache.pos``.
 
     The same pieces as ``CausalSelfAttention.forward`` (heads, RoPE at ``cache.pos``, shared heads, SubLN);
     the caller applies ``proj`` (with the residual add, :func:`add_output`).
-    ``seen`` (1, 1, 1, block_size) bool: the cached positions the new token attends to.
+    ``seen`` (1, 1, 1, block_size) bool: the cached positions the new token attends to (None with
+    ``cache.fused_attention``: the GPU kernel reads only those).
     """
     q, k, v = attn.split_heads(h)
     q, k = attn.rotate(q, k, cache.pos)
+    if cache.fused_attention:  # cache write and attention in one kernel; y (B, 1, H, hs)
+        y = decode_attention_op(q, k, v, k_cache, v_cache, cache.pos, attn.scale)
+        return attn.concat_heads(y.transpose(1, 2))
     k_cache.index_copy_(2, cache.pos, k.to(k_cache.dtype))
     v_cache.index_copy_(2, cache.pos, v.to(v_cache.dtype))
     keys, values = attn.expand_kv(k_cache.to(q.dtype), v_cache.to(q.dtype))
@@ -193,7 +211,7 @@ def decode_step(model: torch.nn.Module, cache: StaticCache, tok: torch.Tensor) -
     if model.pos_emb is not None:  # with RoPE the attention rotates q and k at cache.pos instead
         x = x + model.pos_emb(cache.pos)
     # the new token sees itself and every earlier one: one mask for all layers (a kernel, not one per layer)
-    seen = (cache.positions <= cache.pos).view(1, 1, 1, -1)
+    seen = None if cache.fused_attention else (cache.positions <= cache.pos).view(1, 1, 1, -1)
     for i, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
         x = add_output(x, attn.proj, _attend(attn, block.ln1(x), cache.k[i], cache.v[i], cache, seen))

@@ -166,6 +166,7 @@ def _bench_generate(
 ) -> dict:
     """:func:`bench_generate` once the threads are set."""
     from babybitnet.kernels.cpu import load_extension
+    from babybitnet.kernels.triton_common import use_pdl
     from babybitnet.packed import _triton_available
 
     tok = CharTokenizer.from_text(load_text())
@@ -243,6 +244,12 @@ def _bench_generate(
         "block_size": block_size,
         "tokens_with_cache": max(0, min(tokens, block_size - idx.shape[1] + 1)),
         "kernel": kernel,
+        "attention": (
+            "one Triton kernel per layer: cache write + attention (kernels.triton_attention)"
+            if decode.fused_attention_available(dev)
+            else "index_copy_ into the cache, a mask, scaled_dot_product_attention"
+        ),
+        "pdl": use_pdl(dev),  # programmatic dependent launch of the Triton kernels (Hopper)
         "weight_shapes": weight_shapes(bitnet),
         "params": {"gpt": gpt.num_params(), "bitnet": bitnet.num_params()},
         "models": results,

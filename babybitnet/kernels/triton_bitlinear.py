@@ -40,8 +40,11 @@ from babybitnet.kernels.triton_common import (
     epilogue,
     finish_tile,
     interpreted,
+    pdl_ready,
+    pdl_wait,
     require_triton,
     tl,
+    use_pdl,
 )
 from babybitnet.kernels.triton_common import triton as triton
 from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_words, round_to_int
@@ -138,6 +141,7 @@ if triton is not None:
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0
         ACT: tl.constexpr,  # the epilogue: the activation after the layer (EPILOGUE_ACTS) ...
         RESIDUAL: tl.constexpr,  # ... and the residual stream to add
+        USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_common.use_pdl)
     ):
         offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -149,6 +153,10 @@ if triton is not None:
         # worked out: at decode the kernel is a chain of waits, and this takes one wait off it.
         last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
         words = load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
+        # With PDL this kernel may have started before the previous one ended: the weights are nobody's
+        # output, so their first read above may overlap it; x and the residual are read after the wait
+        pdl_wait(USE_PDL)
+        pdl_ready(USE_PDL)
         # 0-1. the scale of each token: 127 / max |x| (with NORM, of the normalised inputs, with
         # r = 1 / sqrt(mean(x^2) + norm_eps) as torch's RMSNorm, float32 sums). The first BLOCK_K inputs are
         # read once and kept in registers: where they are all of x (BLOCK_K >= K, as the launcher picks
@@ -255,6 +263,7 @@ def bitlinear_dp4a(
     x, w = x.contiguous(), as_words(packed)
     rows = check_weight_groups(s_w, n)  # s_w read as it is (G,), in its dtype: no per-call copy (two kernels)
     kw = k // 16
+    pdl = use_pdl(x.device)
     bitlinear_dp4a_kernel[(triton.cdiv(n, block_n), 1)](
         x, w, y, s_w.reshape(-1).to(x.device), x if norm_weight is None else norm_weight.contiguous(),
         y if residual is None else residual,
@@ -262,6 +271,7 @@ def bitlinear_dp4a(
         EPS, norm_eps,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_K=scale_block(k, block_m, num_warps),
         NORM=norm_weight is not None, USE_ASM=not interpreted(), EVEN=n % block_n == 0 and kw % block_w == 0,
-        ACT=act, RESIDUAL=residual is not None, num_warps=num_warps,
+        ACT=act, RESIDUAL=residual is not None, USE_PDL=pdl, num_warps=num_warps,
+        **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return y

@@ -9,6 +9,9 @@ set before the import, kernels run in Triton's interpreter on CPU tensors (slow,
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
 from babybitnet.packing import check_packed_2bit
@@ -82,6 +85,21 @@ if triton is not None:
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=ok)
 
     @triton.jit
+    def pdl_wait(USE_PDL: tl.constexpr):
+        """With programmatic dependent launch (:func:`use_pdl`): wait here until the kernel before this one
+        has finished and its writes are visible. Everything before it may only read what no earlier kernel
+        writes (the packed weights); every read of an activation and every store comes after it."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def pdl_ready(USE_PDL: tl.constexpr):
+        """With programmatic dependent launch: the next kernel may be launched now (it will wait for this one
+        to finish in its own :func:`pdl_wait`), so its launch and its first weight reads overlap this one."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
     def store_outputs(
         y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE: tl.constexpr,
         r_ptr, stride_rm, ACT: tl.constexpr, RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
@@ -100,7 +118,7 @@ if triton is not None:
             tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 else:
-    program_tile = mul_rn = finish_tile = store_outputs = None
+    program_tile = mul_rn = finish_tile = store_outputs = pdl_wait = pdl_ready = None
 
 
 def require_triton() -> None:
@@ -115,6 +133,28 @@ def interpreted() -> bool:
     """True if kernels run in Triton's interpreter (TRITON_INTERPRET=1 was set before the import)."""
     require_triton()
     return type(_probe).__name__ == "InterpretedFunction"
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with *programmatic dependent launch* (Hopper and newer GPUs).
+
+    At decode a layer is a chain of short kernels, each waiting for the one before: normally a kernel
+    starts only once the previous one has ended, and then spends its first microsecond or two being
+    launched and asking memory for its weights. With PDL (``launch_pdl=True``, a CUDA 12 launch attribute
+    a CUDA graph keeps) the next kernel may start as soon as the previous one says so
+    (:func:`pdl_ready`), issue the reads that do not depend on it (its weights), and wait only where it
+    needs the previous kernel's outputs (:func:`pdl_wait`). ``BABYBITNET_PDL=0`` turns it off (to compare).
+    """
+    if device.type != "cuda" or interpreted() or os.environ.get("BABYBITNET_PDL", "1") == "0":
+        return False
+    return _pdl_capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _pdl_capable(index: int) -> bool:
+    import triton.language.extra.cuda as cuda_extra  # only where a GPU is
+
+    return torch.cuda.get_device_capability(index)[0] >= 9 and hasattr(cuda_extra, "gdc_wait")
 
 
 def check_config(config: Config) -> Config:
