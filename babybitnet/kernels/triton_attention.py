@@ -6,23 +6,29 @@ additive one, and ``scaled_dot_product_attention`` over every cached position, m
 At batch 1 each is a few microseconds of latency and none has much to do: at BitNet b1.58 2B4T's
 width they cost about as much as the layer's four packed matmuls (the profile in lesson 13).
 
-:func:`decode_attention` does all of it in one launch, one program per (sequence, query head):
+:func:`decode_attention` does all of it in one launch. Its programs split the work by (sequence,
+query head) and by *chunk* of cached positions (FlashAttention's "flash-decoding"): at batch 1 one
+program per head would leave most of the GPU idle while each walks the whole cache.
 
-1. read the new token's q, k and v (one row of ``head_size`` each);
-2. the program of the first query head of each key/value head writes k and v into the cache at
-   ``pos`` (the other programs of that head read only the positions before it: no race);
-3. an *online softmax* (FlashAttention's): walk the cached positions ``0 .. pos - 1`` in blocks,
-   keeping the running maximum ``m``, the sum ``l`` of ``exp(s - m)`` and the weighted sum of the
-   values, each rescaled by ``exp(m_old - m_new)`` when the maximum grows; the new token's own
-   score starts the sums. Only the positions written so far are read: no mask, no wasted reads.
+1. read the new token's q, k and v (one row of ``head_size`` each); the program of the first query
+   head of each key/value head, in chunk 0, writes k and v into the cache at ``pos`` (the others read
+   only the positions before it: no race);
+2. an *online softmax* over the chunk's cached positions (below ``pos``), block by block, keeping the
+   running maximum ``m``, the sum ``l`` of ``exp(s - m)`` and the weighted sum ``acc`` of the values,
+   each rescaled by ``exp(m_old - m_new)`` when the maximum grows; chunk 0 starts its sums with the
+   new token's own score. Only the positions written so far are read: no mask, no wasted reads;
+3. each chunk leaves its (m, l, acc) in a scratch buffer and counts itself done (an atomic add);
+   the head's last chunk to finish combines them, each weighted by ``exp(m_chunk - m_max)``, and
+   sets the count back to zero for the next call.
 
 ``pos`` is read on the GPU (the static cache's tensor), so the kernel never waits for the host
 and a CUDA graph can replay it at every position. The numbers are those of
 ``scaled_dot_product_attention`` up to float rounding (float32 sums in another order).
 
 On Hopper GPUs the kernel takes part in *programmatic dependent launch* (PDL, see
-:mod:`babybitnet.kernels.triton_common`): it may start while the layer before it finishes, and waits
-for that layer's outputs only where it reads them.
+:mod:`babybitnet.kernels.triton_common`): it may start while the layer before it (the one that
+computes q, k and v) still runs, and reads ``pos`` and the cached keys and values, written by earlier
+steps, before it waits for that layer's outputs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ MAX_SPLITS = 64  # chunks of positions per head at most (the combine holds one r
 BLOCK_T = 32  # positions per block of the loop (keys and values of one block fit in registers)
 
 if triton is not None:
+
+    @triton.jit
+    def cache_block(kc_ptr, vc_ptr, cache, t0, end, D, d, d_ok, BLOCK_T: tl.constexpr):
+        """The cached keys and values at positions t0 .. t0 + BLOCK_T - 1 as float32 (BLOCK_T, BLOCK_D), zero
+        from ``end`` on (those are not read)."""
+        t = t0 + tl.arange(0, BLOCK_T)
+        ok = (t < end)[:, None] & d_ok[None, :]
+        at = cache + t[:, None] * D + d[None, :]
+        keys = tl.load(kc_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        values = tl.load(vc_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        return keys, values
 
     @triton.jit
     def decode_attention_kernel(
@@ -55,14 +72,19 @@ if triton is not None:
         kh = h // REP  # the key/value head this query head shares
         d = tl.arange(0, BLOCK_D)
         d_ok = d < D
-        pdl_wait(USE_PDL)  # q, k, v are the previous kernel's outputs
+        # pos and the cached positions before it were written by earlier decode steps, long finished: with
+        # PDL they are read before the wait, while the layer before (which wrote q, k, v) still runs
         pos = tl.load(pos_ptr).to(tl.int32)
         chunks = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # chunks holding cached positions (chunk 0 always: the new token)
         if c < chunks:
+            cache = (b * (H // REP) + kh) * T * D  # this key/value head's (T, D) block of the caches
+            start = c * CHUNK
+            end = tl.minimum(start + CHUNK, pos)  # this chunk's positions written before: start .. end - 1
+            keys, values = cache_block(kc_ptr, vc_ptr, cache, start, end, D, d, d_ok, BLOCK_T)
+            pdl_wait(USE_PDL)  # q, k, v are the previous kernel's outputs
             q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d, mask=d_ok, other=0.0).to(tl.float32)
             k_new = tl.load(k_ptr + b * stride_kb + kh * stride_kh + d, mask=d_ok, other=0.0)
             v_new = tl.load(v_ptr + b * stride_vb + kh * stride_vh + d, mask=d_ok, other=0.0)
-            cache = (b * (H // REP) + kh) * T * D  # this key/value head's (T, D) block of the caches
             # as torch's index_copy_(k.to(cache dtype)) then cache.to(q dtype): k and v rounded to the cache's
             k_new = k_new.to(kc_ptr.dtype.element_ty).to(tl.float32)
             v_new = v_new.to(vc_ptr.dtype.element_ty).to(tl.float32)
@@ -75,12 +97,10 @@ if triton is not None:
             m = tl.where(first, tl.sum(q * k_new, axis=0) * scale, float("-inf"))
             l = tl.where(first, 1.0, 0.0)  # FlashAttention's names
             acc = tl.where(first, v_new, 0.0)
-            end = tl.minimum(c * CHUNK + CHUNK, pos)
-            for t0 in range(c * CHUNK, end, BLOCK_T):  # this chunk's positions written before: < pos
+            for t0 in range(start, end, BLOCK_T):
+                # the next block is requested before this one's arithmetic (past end: masked, nothing read)
+                next_keys, next_values = cache_block(kc_ptr, vc_ptr, cache, t0 + BLOCK_T, end, D, d, d_ok, BLOCK_T)
                 t = t0 + tl.arange(0, BLOCK_T)
-                ok = (t < end)[:, None] & d_ok[None, :]
-                keys = tl.load(kc_ptr + cache + t[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
-                values = tl.load(vc_ptr + cache + t[:, None] * D + d[None, :], mask=ok, other=0.0).to(tl.float32)
                 s = tl.where(t < end, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
                 m_new = tl.maximum(m, tl.max(s, axis=0))
                 p = tl.exp(s - m_new)
@@ -88,6 +108,7 @@ if triton is not None:
                 acc = acc * alpha + tl.sum(p[:, None] * values, axis=0)
                 l = l * alpha + tl.sum(p, axis=0)
                 m = m_new
+                keys, values = next_keys, next_values
             if SPLITS == 1:
                 tl.store(y_ptr + bh * D + d, acc / l, mask=d_ok)
             else:
@@ -114,7 +135,7 @@ if triton is not None:
                     tl.store(y_ptr + bh * D + d, y, mask=d_ok)
 
 else:
-    decode_attention_kernel = None
+    cache_block = decode_attention_kernel = None
 
 _counters: dict[torch.device, torch.Tensor] = {}  # per device: zeros the kernel leaves zero after each call
 
