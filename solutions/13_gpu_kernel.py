@@ -579,8 +579,8 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
-# quantizes all its weights in every step) and faster than babyGPT: 1.30x at
-# nanoGPT's size, 1.90x at 2B4T's. Three changes got it there, each found by
+# quantizes all its weights in every step) and faster than babyGPT: 1.74x at
+# nanoGPT's size, 2.15x at 2B4T's. Four changes got it there, each found by
 # asking where a token's GPU time goes (`bench generate --device cuda --profile`
 # adds up the kernels of the eager step with `torch.profiler`; Nsight Compute
 # looks inside one kernel):
@@ -596,27 +596,64 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 #   five or six kernels fewer per block than babyGPT launches;
 # - the one-launch kernel reads x once to find its scale and each step's inputs
 #   as one contiguous block; reading them plane by plane (every fourth input),
-#   in every program, had kept the L1 cache busier than memory.
+#   in every program, had kept the L1 cache busier than memory;
+# - attention at decode is one kernel (`babybitnet.kernels.triton_attention`,
+#   used by both models): it writes the new key and value into the cache and
+#   attends over the positions written so far, in place of two `index_copy_`,
+#   a mask and `scaled_dot_product_attention` over all 256 positions. One
+#   program per head would leave most of the GPU idle at batch 1, so the cached
+#   positions are split into chunks side by side, each with its own online
+#   softmax (running maximum, sum, weighted values), and the head's last chunk
+#   to finish combines them ("flash-decoding"). And on Hopper our Triton
+#   kernels launch with *programmatic dependent launch* (PDL): a kernel may
+#   start while the one before it finishes, read what does not depend on it
+#   (its weights; the cached keys and values) and wait only where it needs the
+#   previous kernel's outputs.
 #
+# With the last two turned off (`BABYBITNET_FUSED_ATTENTION=0 BABYBITNET_PDL=0`,
+# on the same machine in the same session, the commit before the attention
+# kernel's last change) the ratios were 1.26x and 1.88x. The attention kernel
+# speeds up babyGPT too; PDL only our layers:
+
+# %%
+show_markdown(generate_table(measured("bench_generate_sdpa")))
+show_markdown(generate_table(measured("bench_generate_2b4t_size_sdpa")))
+
+# %% [markdown]
 # At batch 1 every layer's matmul is short: at nanoGPT's size ours and cuBLAS's
-# both take about 3 µs, all fixed cost (the weights sit in the 60 MB L2 cache
-# between tokens). And the step has more than matmuls: the attention over the
-# cache, the cache writes, residual adds, the activation, each a kernel of a few
-# microseconds, the same for both models. `--compile` fuses those with
-# `torch.compile` (the packed layers stay one opaque operator each): it helps
-# babyGPT more than the packed model, which has fewer such kernels left to fuse:
+# both take a few µs, mostly fixed cost (the weights sit in the 60 MB L2 cache
+# between tokens). And the step has more than matmuls: residual adds, norms,
+# the activation, each a kernel of a few microseconds in babyGPT. `--compile`
+# fuses those with `torch.compile` (our layers and attention stay one opaque
+# operator each): it helps babyGPT, and not the packed model, which has no
+# such kernels left to fuse (these two were measured on the commit before the
+# attention kernel's last change):
 
 # %%
 show_markdown(generate_table(measured("bench_generate_compile")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 
 # %% [markdown]
-# So to make ternary weights pay more end to end at batch 1, the kernel must get
-# closer still to the memory bandwidth (it reads its weights at about a third of
-# the H200's 4.8 TB/s) and the rest of the step must shrink with it. The
-# packed and unpacked models may pick different tokens in bf16: with random
-# weights the logits are nearly tied, and the kernel rounds the rescale in a
-# different order (in float32 they agree: `tests/test_decode.py`).
+# What limits the packed model at 2B4T's size now is our GEMV itself. The
+# profile of the eager step on the same code (`--preset 2b4t_size --profile
+# --tokens 100`) gives, per token, 0.79 ms in the packed layers, 0.16 ms in
+# attention and 0.02 ms in everything else; babyGPT spends 1.51 ms in cuBLAS:
+
+# %%
+from babybitnet.experiments.bench import profile_table
+
+show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
+
+# %% [markdown]
+# 2.4 billion weights are 590 MB at 2 bits: 0.79 ms is 0.75 TB/s (a lower bound,
+# since with PDL a kernel's time includes its wait for the one before), where
+# cuBLAS reads the 4.7 GB of bf16 weights at 3.1 TB/s. At cuBLAS's bandwidth our
+# layers would take 0.19 ms and the packed model would pass 3x. So the next step
+# is a GEMV that keeps more loads in flight (the Nsight Compute profile above:
+# compute mostly idle, too few loads in flight to cover memory's latency). The packed and unpacked models may pick
+# different tokens in bf16: with random weights the logits are nearly tied, and
+# the kernel rounds the rescale in a different order (in float32 they agree:
+# `tests/test_decode.py`).
 #
 # The one-launch kernel, `babybitnet.kernels.triton_bitlinear`, quantizes the
 # activations inside the GEMV (every program redoes it for its rows, and with a
@@ -628,10 +665,10 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 # not in the package: prefetching two or three steps ahead instead of one, and
 # splitting K over more programs that add their parts with integer atomics
 # (exact, but the atomics cost more than the extra programs gained). What
-# could still go further: overlapping a kernel's start with the previous
-# kernel's end (Hopper's programmatic dependent launch), a CUDA C++ kernel
-# with explicit asynchronous copies (the BitNet team's W2A8 kernel reports
-# 1.27x to 3.63x bf16 on an A100), and fusing the quantizer into the GEMV.
+# could still go further: a CUDA C++ kernel with explicit asynchronous copies
+# (the BitNet team's W2A8 kernel reports 1.27x to 3.63x bf16 on an A100), or a
+# Triton one with Hopper's TMA loads, so that each SM keeps many more bytes of
+# weights in flight.
 #
 # **Past batch 1.** A GEMV reads every weight once per block of tokens, so at
 # batch 32 or 256 it re-reads the matrix many times and loses to cuBLAS,

@@ -627,11 +627,12 @@ plt.show()
 #   or shorter warm-ups, and a fine-tune of a larger model (where it would save
 #   real compute), are untried.
 # - **Faster end to end on a GPU.** Generation captures each decode step in a
-#   CUDA graph (lesson 13), and packed babyBitNet is 1.30x babyGPT's tokens per
-#   second at nanoGPT's size and 1.90x at BitNet b1.58 2B4T's, where the BitNet
-#   team reports about 3x. At these matrix sizes our kernels read the packed
-#   weights at a fraction of the memory's speed (lesson 13's layer table), and the
-#   step's other kernels, the same in both models, cap the ratio.
+#   CUDA graph with attention in one kernel per layer (lesson 13), and packed
+#   babyBitNet is 1.74x babyGPT's tokens per second at nanoGPT's size and 2.15x
+#   at BitNet b1.58 2B4T's, where the BitNet team reports about 3x. At 2B4T's
+#   size the rest of the step is small now: our GEMV reads the packed weights at
+#   about a quarter of cuBLAS's bandwidth (lesson 13's profile), and a GEMV that
+#   keeps more loads in flight would pass 3x.
 # - **DDP where it pays.** We measured one size, without `torch.compile`; the
 #   crossover where two GPUs beat one (larger batch, larger model, compiled)
 #   is not measured.

@@ -1,6 +1,7 @@
 """What the Triton kernels share: the optional import, the interpreter test, configs, input checks,
 and the pieces of a GEMV kernel that are the same in all (:func:`program_tile`, :func:`store_outputs`,
-:func:`finish_tile`: the epilogue, what a layer's kernel may do to its outputs before it stores them).
+:func:`finish_tile`: the epilogue, what a layer's kernel may do to its outputs before it stores them),
+and programmatic dependent launch (:func:`use_pdl`, :func:`pdl_wait`, :func:`pdl_ready`).
 
 Triton is optional (``pip install triton``; a GPU build of torch ships it): without it these modules
 still import, and calling a kernel raises :func:`require_triton`'s error. With ``TRITON_INTERPRET=1``
