@@ -558,6 +558,17 @@ for preset in ("nanogpt", "seed"):
 # the float library's matmul is as fast as ours. There the packed model is
 # 1.25x to 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
 # machine's speed varies from run to run: compare the ratios, not the tokens/s).
+# The same commands on another 2-core machine, an Intel Xeon, give lower ratios:
+# there the float library (MKL) multiplies 2.4x to 3.4x faster than on the
+# AMD EPYC above, our kernel 1.9x to 3x:
+
+# %%
+for preset in ("nanogpt", "seed"):
+    show_markdown(generate_table(measured(f"bench_generate_cpu_{preset}_xeon")))
+
+# %% [markdown]
+# So how much a ternary kernel gains on a CPU depends on how good the float
+# library is on that CPU, at small widths most of all.
 # (Both models compute the final norm and the output layer for the last
 # position only when they generate: `last_only=True`.)
 #
