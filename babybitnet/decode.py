@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from babybitnet.attention import CausalSelfAttention
-from babybitnet.kernels.triton_attention import decode_attention_op
+from babybitnet.kernels.triton_attention import decode_attention_op, new_counts
 
 
 class StaticCache:
@@ -56,6 +56,7 @@ class StaticCache:
         # on a GPU, one kernel per layer writes k and v and attends over the positions written so far
         # (kernels.triton_attention) in place of index_copy_, the mask and SDPA: both models use it
         self.fused_attention = fused_attention_available(device)
+        self.counts = new_counts(batch, attn.n_head, device)  # the kernel's scratch: this cache's own
 
     def reset(self) -> None:
         self.pos.zero_()  # stale keys past pos are masked, so they need no clearing
@@ -192,7 +193,7 @@ def _attend(
     q, k, v = attn.split_heads(h)
     q, k = attn.rotate(q, k, cache.pos)
     if cache.fused_attention:  # cache write and attention in one kernel; y (B, 1, H, hs)
-        y = decode_attention_op(q, k, v, k_cache, v_cache, cache.pos, attn.scale)
+        y = decode_attention_op(q, k, v, k_cache, v_cache, cache.pos, attn.scale, cache.counts)
         return attn.concat_heads(y.transpose(1, 2))
     k_cache.index_copy_(2, cache.pos, k.to(k_cache.dtype))
     v_cache.index_copy_(2, cache.pos, v.to(v_cache.dtype))

@@ -148,6 +148,11 @@ def _counter(device: torch.device, n: int) -> torch.Tensor:
     return count
 
 
+def new_counts(batch: int, n_head: int, device: torch.device | str) -> torch.Tensor:
+    """The ``counts`` scratch of :func:`decode_attention` for ``batch`` sequences of ``n_head`` query heads."""
+    return torch.zeros(batch * n_head, dtype=torch.int32, device=device)
+
+
 def _check(name: str, t: torch.Tensor, shape: tuple, device: torch.device) -> None:
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.device != device or not t.is_floating_point():
         got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -162,6 +167,7 @@ def decode_attention(
     v_cache: torch.Tensor,
     pos: torch.Tensor,
     scale: float,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One new token per sequence: write k, v into the caches at ``pos`` and attend to positions 0..pos.
 
@@ -172,6 +178,10 @@ def decode_attention(
     (B, H, 1, D) layout). The numbers of ``k_cache[:, :, pos] = k; softmax(q K^T * scale) V`` over
     positions 0..pos. ``torch.ops.babybitnet.decode_attention`` is the same function as a torch operator
     (what the decode step calls, so that ``torch.compile`` and CUDA graphs take it as one opaque op).
+    ``counts``: int32 zeros on the device, at least B * H of them (:func:`new_counts`), where the chunks
+    of each head count themselves done; every call leaves them zero again. Calls that may run at the
+    same time (on two CUDA streams) need their own; None: one shared buffer per device (what
+    ``StaticCache`` avoids by keeping its own).
     """
     require_triton()
     if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[2] != 1:
@@ -191,6 +201,12 @@ def decode_attention(
         raise ValueError("k_cache and v_cache must be contiguous (as StaticCache allocates them)")
     if not isinstance(pos, torch.Tensor) or pos.shape != (1,) or pos.dtype != torch.long or pos.device != dev:
         raise ValueError(f"pos must be a (1,) int64 tensor on {dev}, got {getattr(pos, 'dtype', pos)}")
+    if counts is not None and (
+        not isinstance(counts, torch.Tensor) or counts.dtype != torch.int32 or counts.device != dev
+        or counts.dim() != 1 or counts.numel() < B * H or not counts.is_contiguous()
+    ):  # fmt: skip
+        got = f"{counts.dtype} {tuple(counts.shape)} on {counts.device}" if isinstance(counts, torch.Tensor) else counts
+        raise ValueError(f"counts must be {B * H} or more contiguous int32 zeros on {dev} (new_counts), got {got}")
     if dev.type != "cuda" and not interpreted():
         raise ValueError(
             f"decode_attention runs on a CUDA GPU but the tensors are on {dev}; to run it on CPU in "
@@ -208,8 +224,9 @@ def decode_attention(
     rows = triton.next_power_of_2(splits)  # the combine reads a power of 2 of rows per head (masked past splits)
     part = torch.empty(B * H * rows * (block_d + 2) if splits > 1 else 1, dtype=torch.float32, device=dev)
     pdl = use_pdl(dev)
+    counts = _counter(dev, B * H) if counts is None else counts
     decode_attention_kernel[(B * H, splits)](
-        q, k, v, k_cache, v_cache, y, pos, part, _counter(dev, B * H), H, H // KH, D, T, chunk,
+        q, k, v, k_cache, v_cache, y, pos, part, counts, H, H // KH, D, T, chunk,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), float(scale),
         BLOCK_T=BLOCK_T, BLOCK_D=block_d, SPLITS=rows, USE_PDL=pdl,
         num_warps=4, **({"launch_pdl": True} if pdl else {}),
@@ -217,7 +234,7 @@ def decode_attention(
     return y
 
 
-@torch.library.custom_op("babybitnet::decode_attention", mutates_args=("k_cache", "v_cache"))
+@torch.library.custom_op("babybitnet::decode_attention", mutates_args=("k_cache", "v_cache", "counts"))
 def decode_attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -226,12 +243,13 @@ def decode_attention_op(
     v_cache: torch.Tensor,
     pos: torch.Tensor,
     scale: float,
+    counts: torch.Tensor,
 ) -> torch.Tensor:
-    """:func:`decode_attention` as a torch operator (it writes into the caches: ``mutates_args``)."""
-    return decode_attention(q, k, v, k_cache, v_cache, pos, scale)
+    """:func:`decode_attention` as a torch operator (it writes into the caches and counts: ``mutates_args``)."""
+    return decode_attention(q, k, v, k_cache, v_cache, pos, scale, counts)
 
 
 @decode_attention_op.register_fake
-def _(q, k, v, k_cache, v_cache, pos, scale):
+def _(q, k, v, k_cache, v_cache, pos, scale, counts):
     B, H, _, D = q.shape
     return q.new_empty(B, 1, H, D)

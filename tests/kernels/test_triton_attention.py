@@ -15,7 +15,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 from babybitnet import decode  # noqa: E402
 from babybitnet.gpt import GPT, GPTConfig  # noqa: E402
-from babybitnet.kernels.triton_attention import BLOCK_T, MAX_SPLITS, decode_attention  # noqa: E402
+from babybitnet.kernels.triton_attention import BLOCK_T, MAX_SPLITS, decode_attention, new_counts  # noqa: E402
 from babybitnet.packed import pack_model  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -86,6 +86,19 @@ def test_more_positions_than_chunks_and_calls_one_after_another():
         q = q.flip(-1)  # another query each call
 
 
+def test_a_callers_own_counts_are_used_and_left_zero():
+    q, k, v, k_cache, v_cache = case(2, 4, 2, 150, 16, seed=6)
+    pos = torch.tensor([140], device=DEVICE)
+    want, _, _ = reference(q, k, v, k_cache, v_cache, 140, 0.25)
+    counts = new_counts(2, 4, DEVICE)
+    got = decode_attention(q, k, v, k_cache, v_cache, pos, 0.25, counts)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert counts.abs().sum() == 0, "the chunks' counts must be zero again after the call"
+    counts[3] = 2  # counts left dirty (not zero) break the combine: this is what they are for
+    bad = decode_attention(q, k, v, k_cache, v_cache, pos, 0.25, counts)
+    assert not torch.allclose(bad[:, :, :].double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_positions_after_pos_are_never_read():
     q, k, v, k_cache, v_cache = case(1, 2, 2, 64, 16, seed=2)
     want = decode_attention(q, k, v, k_cache.clone(), v_cache.clone(), torch.tensor([9], device=DEVICE), 0.25)
@@ -109,7 +122,8 @@ def test_the_torch_operator_is_the_function():
     q, k, v, k_cache, v_cache = case(1, 2, 1, 16, 16, seed=3)
     pos = torch.tensor([4], device=DEVICE)
     want = decode_attention(q, k, v, k_cache.clone(), v_cache.clone(), pos, 0.3)
-    assert torch.equal(torch.ops.babybitnet.decode_attention(q, k, v, k_cache, v_cache, pos, 0.3), want)
+    counts = new_counts(1, 2, DEVICE)
+    assert torch.equal(torch.ops.babybitnet.decode_attention(q, k, v, k_cache, v_cache, pos, 0.3, counts), want)
     assert torch.equal(k_cache[:, :, 4], k[:, :, 0])  # the operator writes the cache too
 
 
@@ -126,6 +140,10 @@ def test_bad_inputs_get_clear_errors():
         decode_attention(q, k, v, k_cache.transpose(2, 3), v_cache, pos, 0.25)
     with pytest.raises(ValueError, match=r"pos must be a \(1,\) int64 tensor"):
         decode_attention(q, k, v, k_cache, v_cache, pos.int(), 0.25)
+    with pytest.raises(ValueError, match=r"counts must be 4 or more contiguous int32 zeros"):
+        decode_attention(q, k, v, k_cache, v_cache, pos, 0.25, new_counts(1, 4, DEVICE)[:3])
+    with pytest.raises(ValueError, match=r"counts must be 4 or more .* got torch.int64"):
+        decode_attention(q, k, v, k_cache, v_cache, pos, 0.25, new_counts(1, 4, DEVICE).long())
 
 
 @pytest.mark.parametrize("block", [{}, dict(pos="rope", n_kv_head=1, subln=True, ffn="gated", activation="relu2")])
