@@ -613,7 +613,8 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 # With the last two turned off (`BABYBITNET_FUSED_ATTENTION=0 BABYBITNET_PDL=0`,
 # on the same machine in the same session, the commit before the attention
 # kernel's last change) the ratios were 1.26x and 1.88x. The attention kernel
-# speeds up babyGPT too; PDL only our layers:
+# speeds up babyGPT too; PDL only the packed model, whose layers are our
+# kernels too:
 
 # %%
 show_markdown(generate_table(measured("bench_generate_sdpa")))
