@@ -605,6 +605,22 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 show_markdown(generate_table(measured("bench_generate_sdpa")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_sdpa")))
 
+# the same four runs as bars: ms per token of each model, before and after
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+sizes = [("nanoGPT size", "bench_generate"), ("2B4T size", "bench_generate_2b4t_size")]
+for ax, (size, name) in zip(axes, sizes, strict=True):
+    runs = {"SDPA, no PDL": measured(f"{name}_sdpa"), "attention kernel + PDL": measured(name)}
+    for i, (label, run) in enumerate(runs.items()):
+        ms = [run["models"][m]["ms_per_token"] for m in ("gpt", "bitnet_packed")]
+        bars = ax.bar([j + (i - 0.5) * 0.38 for j in range(2)], ms, 0.38, label=label, color=f"C{i}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(2), ["babyGPT", "packed babyBitNet"])
+    ax.set(ylabel="ms per token (lower is faster)", title=f"{size}, one H200, bf16, batch 1")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
 # %% [markdown]
 # At batch 1 every layer's matmul is short: at nanoGPT's size ours and cuBLAS's
 # both take a few µs, mostly fixed cost (the weights sit in the 60 MB L2 cache
