@@ -98,7 +98,8 @@ class CallCounter:
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_bitlinear_on_the_cpu_is_one_kernel_call_and_bit_exact(monkeypatch, bias, norm):
     """float32 on the CPU: (norm,) quantize, add-only sums, rescale and bias in one C++ call, the eval BitLinear's
-    floats: bit for bit without a norm; with one, up to the float rounding of the norm (C++ sums in order)."""
+    floats: bit for bit without a norm; with one, up to the float rounding of the norm (C++ and torch sum its
+    squares in different orders)."""
     from babybitnet.kernels import cpu
 
     ext = cpu.load_extension()

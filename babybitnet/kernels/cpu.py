@@ -192,7 +192,8 @@ def ext_linear(
     Quantizes each token (absmax, 8 bits), runs the add-only GEMV and rescales (+ ``bias`` (N,)), bit for bit
     :func:`babybitnet.bitlinear.int_linear` with the unpacked weights. ``norm_weight`` float32 (K,): first the
     RMSNorm of each token, ``F.rms_norm(x, (K,), norm_weight, norm_eps)`` up to float rounding (the C++
-    sums its squares in order), so that the norm in front of a layer costs no torch call of its own.
+    sums its squares in 8 lanes, torch in its own blocks), so that the norm in front of a layer costs no
+    torch call of its own.
     ``activation`` ("", "relu", "relu2"; :data:`CPU_ACTS`) and ``residual`` float32 (..., N): the epilogue
     ``residual + act(y)``, bit for bit torch's ops on the layer's output, in the same call.
     The one way into the C++ layer: both
