@@ -595,6 +595,26 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 #   (its weights; the cached keys and values) and wait only where it needs the
 #   previous kernel's outputs.
 #
+# Why chunks can be combined at all: softmax attention over positions is
+# $y = \sum_t e^{s_t} v_t / \sum_t e^{s_t}$. A chunk keeps its largest score
+# $m$, $l = \sum e^{s_t - m}$ and $acc = \sum e^{s_t - m} v_t$ over its own
+# positions; rescaling each chunk's $l$ and $acc$ by $e^{m - m_{max}}$ puts them
+# all under one maximum, and then $y = \sum acc / \sum l$. In torch, on the CPU:
+
+# %%
+gen = torch.Generator().manual_seed(0)
+scores = torch.randn(200, dtype=torch.float64, generator=gen) * 4  # one query's scores over 200 positions
+values = torch.randn(200, 16, dtype=torch.float64, generator=gen)
+parts = []
+for chunk in range(0, 200, 32):  # what each chunk's program leaves behind: (m, l, acc)
+    s, v = scores[chunk : chunk + 32], values[chunk : chunk + 32]
+    m = s.max()
+    parts.append((m, torch.exp(s - m).sum(), torch.exp(s - m) @ v))
+m_max = max(m for m, _, _ in parts)
+y = sum(acc * torch.exp(m - m_max) for m, _, acc in parts) / sum(l * torch.exp(m - m_max) for m, l, _ in parts)
+print("chunks combined == softmax over all 200 positions:", torch.allclose(y, torch.softmax(scores, 0) @ values))
+
+# %% [markdown]
 # With the last two turned off (`BABYBITNET_FUSED_ATTENTION=0 BABYBITNET_PDL=0`,
 # on the same machine in the same session, the commit before the attention
 # kernel's last change) the ratios were 1.26x and 1.88x. The attention kernel
