@@ -156,6 +156,10 @@ def test_bench_generate_on_the_cpu():
     assert r["machine"]["device"] == "cpu"
     table = generate_table(r)
     assert "babyGPT" in table and "packed babyBitNet" in table and "tokens/s" in table
+    assert r["attention"].startswith("index_copy_") and r["pdl"] is False  # the GPU kernels are for CUDA
+    assert "programmatic dependent launch" not in table  # said only for GPU runs
+    gpu = {**r, "machine": {**r["machine"], "device": "cuda"}, "attention": "one Triton kernel", "pdl": True}
+    assert "attention (both models): one Triton kernel; programmatic dependent launch: on" in generate_table(gpu)
     # past block_size (32): the last steps run without the cache, and the result says so
     r = bench_generate("quick", tokens=30, device="cpu", dtype=torch.float32, repeats=1)
     assert r["tokens_with_cache"] == 32 - 6 + 1

@@ -405,6 +405,11 @@ def generate_table(r: dict) -> str:
     lines += [
         "",
         f"packed layers: {r['kernel']}; ternary weight matrices (outputs x inputs): {shapes}",
+        *(  # older results (before the attention kernel) do not say
+            [f"attention (both models): {r['attention']}; programmatic dependent launch: {'on' if r['pdl'] else 'off'}"]
+            if "attention" in r and r["machine"]["device"] == "cuda"
+            else []
+        ),
         f"packed and unpacked babyBitNet generate the same tokens: {r['same_tokens']}"
         + ("" if r.get("first_difference") is None else f" (the same up to new token {r['first_difference']})"),
         f"{r['tokens_with_cache']} of {r['tokens']} steps used the KV cache (block_size {r['block_size']}); "
