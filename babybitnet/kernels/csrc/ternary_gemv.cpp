@@ -150,6 +150,20 @@ inline __m128i finish4(__m256i a, __m256i b, __m256i c, __m256i d, int64_t n_inp
   return _mm_sub_epi32(_mm256_castsi256_si128(low32), _mm_set1_epi32(bias));
 }
 
+// finish4 for two tokens at once: t[r] holds row r's sums of token m in lanes 0-1 and of token m+1 in lanes
+// 2-3 (the half-tail pass of rows_avx2); lo and hi get the four rows' dot products of token m and m+1.
+inline void finish_pair(const __m256i t[4], int64_t n_inputs, __m128i* lo, __m128i* hi) {
+  // 64-bit lanes [t0 t1 | t0 t1] and [t2 t3 | t2 t3]: each the sum of its two lanes, token m low, m+1 high
+  const __m256i ab = _mm256_add_epi64(_mm256_unpacklo_epi64(t[0], t[1]), _mm256_unpackhi_epi64(t[0], t[1]));
+  const __m256i cd = _mm256_add_epi64(_mm256_unpacklo_epi64(t[2], t[3]), _mm256_unpackhi_epi64(t[2], t[3]));
+  const __m256i low32 = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m128i bias = _mm_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(kBias * n_inputs)));
+  const __m256i m0 = _mm256_permutevar8x32_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), low32);
+  const __m256i m1 = _mm256_permutevar8x32_epi32(_mm256_permute2x128_si256(ab, cd, 0x31), low32);
+  *lo = _mm_sub_epi32(_mm256_castsi256_si128(m0), bias);
+  *hi = _mm_sub_epi32(_mm256_castsi256_si128(m1), bias);
+}
+
 // The 32 packed bytes of block b of a row; the last block may be partial: pad it with 0x55 (zeros).
 inline __m256i load_block(const uint8_t* row, int64_t KB, int64_t b) {
   const int64_t left = KB - b * kBlockBytes;
@@ -175,7 +189,8 @@ constexpr int kRows = 4;  // rows per tile: one load of x serves 4 rows, one red
 // high half of its registers is padding. We then copy the low half of its weights into the high half and,
 // for two tokens at a time, load token m's 64 inputs into the low half and token m+1's into the high
 // half: one pass does both (psadbw lanes 0-1 are token m's, 2-3 token m+1's). A lone token still gets the
-// right sum: its high half holds zeros, which add nothing but the bias.
+// right sum: its high half holds zeros, which add nothing but the bias. Where that tail is the whole row
+// (K <= 64, the seed's width) one reduction (finish_pair) finishes the pair's eight dot products.
 void rows_avx2(const int8_t* x_perm, int64_t M, int64_t Kp, const uint8_t* packed, int64_t KB, int32_t* out,
                int64_t N, int64_t n0, int64_t n1) {
   const int64_t nblocks = Kp / kBlock;
@@ -219,6 +234,16 @@ void rows_avx2(const int8_t* x_perm, int64_t M, int64_t Kp, const uint8_t* packe
               _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x0 + tail_off + k * kPlane))),
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(x1 + tail_off + k * kPlane)), 1);
         }
+        const int64_t n_inputs = Kp - kBlock / 2;  // the tail pass summed 64 inputs of each token, not 128
+        if (nblocks == 1) {  // K <= 64: the tail is the whole row, and one reduction finishes both tokens
+          __m256i t[kRows];
+          for (int r = 0; r < kRows; ++r) t[r] = plane_sums(zero, x, &w[static_cast<size_t>(r * 4)]);
+          __m128i lo, hi;
+          finish_pair(t, n_inputs, &lo, &hi);
+          store(m, lo);
+          store(m + 1, hi);
+          continue;
+        }
         for (int r = 0; r < kRows; ++r) {
           const __m256i t = plane_sums(zero, x, &w[static_cast<size_t>((r * nblocks + nblocks - 1) * 4)]);
           a0[r] = _mm256_blend_epi32(t, zero, 0xF0);  // lanes 0-1: token m
@@ -230,7 +255,6 @@ void rows_avx2(const int8_t* x_perm, int64_t M, int64_t Kp, const uint8_t* packe
           load_planes(x1 + b * kBlock, x);
           for (int r = 0; r < kRows; ++r) a1[r] = plane_sums(a1[r], x, &w[static_cast<size_t>((r * nblocks + b) * 4)]);
         }
-        const int64_t n_inputs = Kp - kBlock / 2;  // the tail pass summed 64 inputs of each token, not 128
         store(m, finish4(a0[0], a0[1], a0[2], a0[3], n_inputs));
         store(m + 1, finish4(a1[0], a1[1], a1[2], a1[3], n_inputs));
       }
