@@ -559,7 +559,7 @@ for preset in ("nanogpt", "seed"):
 # 1.25x to 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
 # machine's speed varies from run to run: compare the ratios, not the tokens/s).
 # The same commands on another 2-core machine, an Intel Xeon, give lower ratios:
-# there babyGPT (MKL's float matmuls) runs 2.3x to 3.1x faster than on the
+# there babyGPT (MKL's float matmuls) runs 2.4x to 2.9x faster than on the
 # AMD EPYC above, our packed model 1.8x to 2.8x:
 
 # %%
