@@ -29,6 +29,8 @@ from babybitnet.kernels.dispatch import packed_linear as gpu_packed_linear
 from babybitnet.kernels.triton_common import EPILOGUE_ACTS, epilogue
 from babybitnet.packing import ZERO_BYTE, check_format, pack, packed_shape, unpack
 
+_FLOAT32_EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm's eps where it has none (as _kernel_norm)
+
 
 class PackedBitLinear(nn.Module):
     """BitLinear for inference only, its ternary weights packed (uint8) in format ``fmt``.
@@ -127,6 +129,10 @@ class PackedBitLinear(nn.Module):
                 f"residual must have the layer's output shape {(*x.shape[:-1], self.out_features)}, "
                 f"got {tuple(residual.shape)}"
             )
+        if x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled():
+            y = self._cpu_decode(x, residual)
+            if y is not None:
+                return y
         fast = self.fmt == "2bit" and self.act_bits == 8  # what the kernels take
         bias, act = self.bias, self.activation
         if x.is_cuda and fast and _triton_available():
@@ -136,10 +142,8 @@ class PackedBitLinear(nn.Module):
             return epilogue(y if bias is None else y + bias, act, residual)
         ext = load_extension() if fast and x.device.type == "cpu" else None
         if ext is not None and x.dtype == torch.float32 and self.scale.dtype == torch.float32:
-            # the hot path at decode: (norm,) quantize, add-only GEMV, rescale (and bias, activation,
-            # residual) in one C++ call, kernels.cpu.ext_linear, where addonly.packed_linear also ends. The
-            # shapes were checked at construction: no per-call checks (at babyGPT's size the arithmetic of a
-            # layer takes a few microseconds, about what each Python step around it costs)
+            # (norm,) quantize, add-only GEMV, rescale (and bias, activation, residual) in one C++ call,
+            # kernels.cpu.ext_linear, where addonly.packed_linear also ends (with gradients, or another dtype)
             x, w, eps = self._kernel_norm(x)
             grads = torch.is_grad_enabled()  # the C++ call has no backward: what needs a gradient stays in torch
             c_bias = bias is not None and bias.dtype == torch.float32 and not (bias.requires_grad and grads)
@@ -162,6 +166,38 @@ class PackedBitLinear(nn.Module):
             w_t = unpack(self.packed, self.shape[-1], self.fmt, check=False)
             y = int_linear(x, w_t.reshape(self.out_features, self.in_features), self.scale, self.act_bits)
         return epilogue(y if bias is None else y + bias, act, residual)
+
+    def _cpu_decode(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
+        """The hot path of generation on the CPU (float32, no gradients): the whole layer in one C++ call,
+        or None where that call does not apply (then :meth:`forward` goes on).
+
+        At the seed's width a layer's arithmetic takes a microsecond or two, about what each Python step
+        around it costs, so this path reads the layer's tensors straight from the module's dicts (each
+        ``self.name`` of a parameter, buffer or child goes through ``nn.Module.__getattr__``) and calls the
+        C++ layer at once: about half the time of the general path per call. The shapes
+        were checked by the caller and at construction; the C++ side checks dtypes and shapes again.
+        """
+        if self.fmt != "2bit" or self.act_bits != 8:
+            return None
+        act = self.activation
+        buffers, norm, bias = self._buffers, self._modules.get("norm"), self._parameters.get("bias")
+        scale, f32 = buffers["scale"], torch.float32
+        if act not in CPU_ACTS or scale.dtype is not f32 or (bias is not None and bias.dtype is not f32):
+            return None
+        if residual is not None and residual.dtype is not f32:
+            return None
+        w, eps = None, 0.0
+        if norm is not None:
+            w = norm._parameters.get("weight")
+            if w is None or w.dtype is not torch.float32:
+                return None  # a norm the C++ layer cannot take: the general path runs it in torch
+            eps = norm.eps if norm.eps is not None else _FLOAT32_EPS
+        ext = load_extension()
+        if ext is None:
+            return None
+        return ext_linear(
+            x, buffers["packed"], scale, bias, ext=ext, norm_weight=w, norm_eps=eps, activation=act, residual=residual
+        )
 
     def _gpu_linear(self, x: torch.Tensor, activation: str = "", residual: torch.Tensor | None = None) -> torch.Tensor:
         """On a GPU a Triton kernel decodes the packed bytes inside the matmul (lesson 13).

@@ -129,6 +129,62 @@ def test_packed_bitlinear_on_the_cpu_is_one_kernel_call_and_bit_exact(monkeypatc
         assert torch.equal(y.detach(), got) and torch.equal(packed.bias.grad, torch.full((48,), 14.0))
 
 
+@pytest.mark.parametrize(
+    "activation, norm, bias, residual",
+    [("", False, False, False), ("relu2", True, False, True), ("relu", True, True, False), ("", False, True, True)],
+)
+def test_the_decode_path_on_the_cpu_gives_the_general_paths_numbers(monkeypatch, activation, norm, bias, residual):
+    """Without gradients a float32 layer takes PackedBitLinear._cpu_decode (the module's tensors read from its
+    dicts, one C++ call); with them, the general path. Both call the same C++ layer: the same bits."""
+    from babybitnet.kernels import cpu
+
+    ext = cpu.load_extension()
+    if ext is None:
+        pytest.skip("C++ extension unavailable")
+    torch.manual_seed(2)
+    layer = BitLinear(64, 40, bias=bias, norm=norm).eval()
+    with torch.no_grad():
+        if norm:
+            layer.norm.weight.uniform_(0.5, 2.0)
+        if bias:
+            layer.bias.normal_()
+    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    if bias:
+        packed.bias.requires_grad_(False)  # so that the general path adds it in the C++ call too
+    packed.activation = activation
+    x, r = torch.randn(3, 5, 64), (torch.randn(3, 5, 40) if residual else None)
+    counter = CallCounter(ext)
+    monkeypatch.setattr(cpu, "_ext", counter)
+    general = packed(x, residual=r)  # gradients on: not the decode path
+    with torch.no_grad():
+        decode_path = packed(x, residual=r)
+    assert counter.calls == ["ternary_linear", "ternary_linear"]
+    assert torch.equal(decode_path, general)
+    # what the C++ layer cannot take goes the general way: gelu (torch's epilogue), a norm without weight
+    packed.activation = "gelu"
+    with torch.no_grad():
+        assert torch.equal(packed(x), torch.nn.functional.gelu(_no_act(packed)(x)))
+    if norm:
+        packed.activation = ""
+        packed.norm = torch.nn.RMSNorm(64, elementwise_affine=False)
+        with torch.no_grad():
+            want = torch.nn.functional.rms_norm(x, (64,))
+            assert torch.equal(packed(x), _without_norm(packed)(want))
+
+
+def _no_act(layer: PackedBitLinear) -> PackedBitLinear:
+    view = copy.copy(layer)
+    view.activation = ""
+    return view
+
+
+def _without_norm(layer: PackedBitLinear) -> PackedBitLinear:
+    view = copy.copy(layer)
+    view._modules = dict(layer._modules)
+    view.norm = None
+    return view
+
+
 def test_packed_bitlinear_in_bfloat16_or_without_the_extension(monkeypatch):
     """Other dtypes take the torch steps around the kernel; without the extension, unpack + int_linear."""
     from babybitnet.kernels import cpu
