@@ -558,17 +558,18 @@ for preset in ("nanogpt", "seed"):
 # the float library's matmul is as fast as ours. There the packed model is
 # 1.25x to 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
 # machine's speed varies from run to run: compare the ratios, not the tokens/s).
-# The same commands on another 2-core machine, an Intel Xeon, give lower ratios:
-# there babyGPT (MKL's float matmuls) runs 2.4x to 2.9x faster than on the
-# AMD EPYC above, our packed model 1.8x to 2.8x:
+# The same commands on another 2-core machine, an Intel Xeon, after two later
+# changes: at width 64 the C++ kernel finishes two tokens' sums at once, and a
+# packed layer without gradients calls it with about half the Python
+# (`PackedBitLinear._cpu_decode`; the runs above predate both):
 
 # %%
 for preset in ("nanogpt", "seed"):
     show_markdown(generate_table(measured(f"bench_generate_cpu_{preset}_xeon")))
 
 # %% [markdown]
-# So how much a ternary kernel gains on a CPU depends on how good the float
-# library is on that CPU, at small widths most of all.
+# At this width the Python around each call counts as much as the arithmetic in
+# it: a layer's C++ call takes a microsecond or two, and so does each Python step.
 # (Both models compute the final norm and the output layer for the last
 # position only when they generate: `last_only=True`.)
 #
