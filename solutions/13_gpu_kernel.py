@@ -22,10 +22,11 @@
 #
 # 1. what a GPU kernel is, and why the speed of a GEMV is set by the bytes per weight;
 # 2. the Triton kernel of `babybitnet/kernels/triton_gemv.py`, piece by piece;
-# 3. your own Triton kernel that unpacks the 2-bit weights (the exercise);
+# 3. your own Triton kernel that unpacks the 2-bit weights (exercise 13.1);
 # 4. running the package's kernel and checking it, to the last bit;
 # 5. how fast it is on an H100, and why not as fast as it could be;
-# 6. a faster kernel that decodes four weights per instruction, and what stops it;
+# 6. a faster kernel that decodes four weights per instruction, and what stops it; generating
+#    text with it, and attention over the KV cache in chunks side by side (exercise 13.2);
 # 7. babyBitNet at nanoGPT's size, trained on one H100.
 #
 # No GPU? Then Triton's **interpreter** runs every kernel on the CPU, in
@@ -613,8 +614,29 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 # Why chunks can be combined at all: softmax attention over positions is
 # $y = \sum_t e^{s_t} v_t / \sum_t e^{s_t}$. A chunk keeps its largest score
 # $m$, $l = \sum e^{s_t - m}$ and $acc = \sum e^{s_t - m} v_t$ over its own
-# positions; rescaling each chunk's $l$ and $acc$ by $e^{m - m_{max}}$ puts them
-# all under one maximum, and then $y = \sum acc / \sum l$. In torch, on the CPU:
+# positions (subtracting its maximum keeps every exponential at most 1: $e^{s}$
+# itself overflows float32 past $s = 88$). Rescaling each chunk's $l$ and $acc$ by
+# $e^{m - m_{max}}$ puts them all under one maximum, and then
+# $y = \sum acc / \sum l$. Write that merge in torch:
+
+
+# %% tags=["exercise"]
+def merge_chunks(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """Exercise 13.2: one query's attention from its chunks' partial sums (flash-decoding's last step).
+
+    m: float (C,), chunk c's largest score (-inf for a chunk without positions); l: float (C,),
+    sum of exp(s - m[c]) over the chunk's scores s; acc: float (C, D), sum of exp(s - m[c]) * v.
+    Returns (D,) in acc's dtype: sum_c acc[c] * exp(m[c] - M) / sum_c l[c] * exp(m[c] - M), M = max(m).
+    """
+    ### BEGIN SOLUTION
+    w = torch.exp(m - m.max())  # every chunk under the common maximum; an empty chunk gets weight 0
+    return (acc * w[:, None]).sum(0) / (l * w).sum()
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Yours on one query's scores over 200 cached positions, in chunks of 32 as the
+# kernel splits them, against softmax over all 200 at once:
 
 # %%
 gen = torch.Generator().manual_seed(0)
@@ -623,11 +645,10 @@ values = torch.randn(200, 16, dtype=torch.float64, generator=gen)
 parts = []
 for chunk in range(0, 200, 32):  # what each chunk's program leaves behind: (m, l, acc)
     s, v = scores[chunk : chunk + 32], values[chunk : chunk + 32]
-    m = s.max()
-    parts.append((m, torch.exp(s - m).sum(), torch.exp(s - m) @ v))
-m_max = max(m for m, _, _ in parts)
-y = sum(acc * torch.exp(m - m_max) for m, _, acc in parts) / sum(l * torch.exp(m - m_max) for m, l, _ in parts)
-print("chunks combined == softmax over all 200 positions:", torch.allclose(y, torch.softmax(scores, 0) @ values))
+    parts.append((s.max(), torch.exp(s - s.max()).sum(), torch.exp(s - s.max()) @ v))
+m, l, acc = (torch.stack(t) for t in zip(*parts, strict=True))
+y = merge_chunks(m, l, acc)
+print("chunks merged == softmax over all 200 positions:", torch.allclose(y, torch.softmax(scores, 0) @ values))
 
 # %% [markdown]
 # With the last two turned off (`BABYBITNET_FUSED_ATTENTION=0 BABYBITNET_PDL=0`,
@@ -842,9 +863,9 @@ print(
 # - At nanoGPT's size babyBitNet reaches babyGPT's best val loss and does not
 #   overfit; with the recipe it is ahead.
 #
-# The references are `babybitnet/kernels/triton_gemv.py`, `babybitnet/kernels/triton_dp4a.py`
-# and `babybitnet/kernels/triton_common.py`.
-# Check your exercise with:
+# The references are `babybitnet/kernels/triton_gemv.py`, `babybitnet/kernels/triton_dp4a.py`,
+# `babybitnet/kernels/triton_common.py` and, for `merge_chunks`, `babybitnet/kernels/triton_attention.py`.
+# Check your exercises with:
 #
 # ```
 # python -m babybitnet check 13

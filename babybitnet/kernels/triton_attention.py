@@ -137,6 +137,20 @@ if triton is not None:
 else:
     cache_block = decode_attention_kernel = None
 
+def merge_chunks(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """Flash-decoding's last step, in torch: one query's attention from its chunks' partial sums.
+
+    Chunk c of the cached positions left ``m[c]``, its largest score (``-inf`` if it held no position),
+    ``l[c] = sum exp(s - m[c])`` and ``acc[c] = sum exp(s - m[c]) v`` over its positions s, v. Under the
+    common maximum M = max m every chunk's sums are scaled by ``exp(m[c] - M)`` (at most 1: nothing
+    overflows), and the attention is ``sum_c acc[c] e^(m[c] - M) / sum_c l[c] e^(m[c] - M)``.
+    m, l: float (C,); acc: float (C, D) -> (D,) in acc's dtype. What the head's last chunk computes in
+    :func:`decode_attention` (the reference of lesson 13's exercise).
+    """
+    w = torch.exp(m - m.max())  # a chunk without positions: exp(-inf) = 0, it adds nothing
+    return (acc * w[:, None]).sum(0) / (l * w).sum()
+
+
 _counters: dict[torch.device, torch.Tensor] = {}  # per device: zeros the kernel leaves zero after each call
 
 

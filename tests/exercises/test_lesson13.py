@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
-from babybitnet.course.grading import GradingError, assert_same  # noqa: E402
+from babybitnet.course.grading import GradingError, assert_close, assert_same  # noqa: E402
 from babybitnet.packing import pack_2bit, unpack_2bit  # noqa: E402
 
 pytestmark = pytest.mark.lesson13
@@ -166,3 +166,64 @@ def test_kernel_with_the_graders_grid(lesson, tile):
             "(the tiles at the edges stick out of the tensor)"
         )
     assert_same(got, unpack_2bit(packed, 4 * kb), what + ", the output")
+
+
+# ---------------------------------------------------------------- Exercise 13.2: merge_chunks
+def chunk_sums(scores: torch.Tensor, values: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
+    """What the kernel's programs leave for one query: (m, l, acc) of every chunk of ``chunk`` positions."""
+    parts = []
+    for t0 in range(0, scores.shape[0], chunk):
+        s, v = scores[t0 : t0 + chunk], values[t0 : t0 + chunk]
+        e = torch.exp(s - s.max())
+        parts.append((s.max(), e.sum(), e @ v))
+    return tuple(torch.stack(t) for t in zip(*parts, strict=True))
+
+
+def check_merge(lesson, m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor, case: str) -> torch.Tensor:
+    from babybitnet.kernels.triton_attention import merge_chunks
+
+    fn = lesson.get("merge_chunks")
+    before = (m.clone(), l.clone(), acc.clone())
+    got = fn(m, l, acc)
+    assert all(torch.equal(a, b) for a, b in zip((m, l, acc), before, strict=True)), "merge_chunks changed its inputs"
+    what = f"merge_chunks(m {tuple(m.shape)}, l {tuple(l.shape)}, acc {tuple(acc.shape)} {acc.dtype}) {case}"
+    assert_close(got, merge_chunks(m, l, acc), what, atol=1e-6, rtol=1e-6)
+    return got
+
+
+@pytest.mark.exercise("13.2")
+@settings(max_examples=20, deadline=None)
+@given(t=st.integers(1, 150), chunk=st.sampled_from([1, 7, 32, 64]), d=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_merge_gives_softmax_attention(lesson, t, chunk, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(t, dtype=torch.float64, generator=g) * 5
+    values = torch.randn(t, d, dtype=torch.float64, generator=g)
+    got = check_merge(lesson, *chunk_sums(scores, values, chunk), f"on {t} positions in chunks of {chunk}")
+    assert_close(got, torch.softmax(scores, 0) @ values, "and softmax(scores) @ values over all positions at once")
+
+
+@pytest.mark.exercise("13.2")
+def test_scores_far_apart_do_not_overflow(lesson):
+    # exp(900) is inf in float32 and float64: only the common maximum keeps the weights finite
+    m = torch.tensor([900.0, 0.0, -900.0])
+    l, acc = torch.tensor([2.0, 3.0, 1.0]), torch.tensor([[1.0, -2.0], [4.0, 5.0], [6.0, 7.0]])
+    check_merge(lesson, m, l, acc, "with chunk maxima 900, 0 and -900 (subtract the largest before exp)")
+
+
+@pytest.mark.exercise("13.2")
+def test_a_chunk_without_positions_adds_nothing(lesson):
+    # chunks past the cached positions: m = -inf, l = 0, acc = 0 (as the kernel's masked chunks)
+    m = torch.tensor([1.5, float("-inf"), 0.25, float("-inf")])
+    l = torch.tensor([1.7, 0.0, 2.0, 0.0])
+    acc = torch.tensor([[0.5, 1.0, -1.0], [0.0, 0.0, 0.0], [2.0, 0.0, 3.0], [0.0, 0.0, 0.0]])
+    got = check_merge(lesson, m, l, acc, "with two empty chunks (m = -inf, l = 0, acc = 0)")
+    assert torch.isfinite(got).all(), f"merge_chunks with empty chunks gave {got.tolist()}: no NaN may come out"
+
+
+@pytest.mark.exercise("13.2")
+def test_one_chunk_and_float32(lesson):
+    m, l, acc = torch.tensor([0.3]), torch.tensor([4.0]), torch.tensor([[2.0, -8.0, 1.0]])
+    got = check_merge(lesson, m, l, acc, "with a single chunk (acc / l)")
+    assert got.dtype == torch.float32 and got.shape == (3,), (
+        f"expected float32 (3,), got {got.dtype} {tuple(got.shape)}"
+    )

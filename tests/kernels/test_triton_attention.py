@@ -15,7 +15,13 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 from babybitnet import decode  # noqa: E402
 from babybitnet.gpt import GPT, GPTConfig  # noqa: E402
-from babybitnet.kernels.triton_attention import BLOCK_T, MAX_SPLITS, decode_attention, new_counts  # noqa: E402
+from babybitnet.kernels.triton_attention import (  # noqa: E402
+    BLOCK_T,
+    MAX_SPLITS,
+    decode_attention,
+    merge_chunks,
+    new_counts,
+)
 from babybitnet.packed import pack_model  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -169,3 +175,18 @@ def test_fused_attention_is_for_gpus(monkeypatch):
     assert not decode.fused_attention_available(torch.device("cpu"))  # eager SDPA there (the interpreter is slow)
     monkeypatch.setenv("BABYBITNET_FUSED_ATTENTION", "0")
     assert not decode.fused_attention_available(torch.device("cuda"))
+
+
+def test_merge_chunks_is_softmax_attention_over_all_positions():
+    """The torch reference of the kernel's combine (lesson 13's exercise): chunks' (m, l, acc) -> attention."""
+    gen = torch.Generator().manual_seed(8)
+    scores, values = torch.randn(70, dtype=torch.float64, generator=gen) * 30, torch.randn(70, 5, dtype=torch.float64)
+    parts = [(s.max(), torch.exp(s - s.max()).sum(), torch.exp(s - s.max()) @ v)
+             for s, v in zip(scores.split(32), values.split(32), strict=True)]  # fmt: skip
+    m, l, acc = (torch.stack(t) for t in zip(*parts, strict=True))
+    m, l, acc = (
+        torch.cat([m, torch.tensor([float("-inf")], dtype=m.dtype)]),
+        torch.cat([l, l[:1] * 0]),
+        torch.cat([acc, acc[:1] * 0]),
+    )
+    torch.testing.assert_close(merge_chunks(m, l, acc), torch.softmax(scores, 0) @ values)  # an empty chunk too
