@@ -137,6 +137,7 @@ if triton is not None:
 else:
     cache_block = decode_attention_kernel = None
 
+
 def merge_chunks(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
     """Flash-decoding's last step, in torch: one query's attention from its chunks' partial sums.
 
