@@ -189,7 +189,7 @@ class PackedBitLinear(nn.Module):
         w, eps = None, 0.0
         if norm is not None:
             w = norm._parameters.get("weight")
-            if w is None or w.dtype is not torch.float32:
+            if w is None or w.dtype is not f32:
                 return None  # a norm the C++ layer cannot take: the general path runs it in torch
             eps = norm.eps if norm.eps is not None else _FLOAT32_EPS
         ext = load_extension()

@@ -589,8 +589,8 @@ for preset in ("nanogpt", "seed"):
     show_markdown(generate_table(measured(f"bench_generate_cpu_{preset}_xeon")))
 
 # %% [markdown]
-# At this width the Python around each call counts as much as the arithmetic in
-# it: a layer's C++ call takes a microsecond or two, and so does each Python step.
+# At this width the Python around each layer's call counts about as much as the
+# arithmetic in it.
 # (Both models compute the final norm and the output layer for the last
 # position only when they generate: `last_only=True`.)
 #

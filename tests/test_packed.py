@@ -94,6 +94,18 @@ class CallCounter:
         return call
 
 
+def eval_and_packed(k: int, n: int, bias: bool, norm: bool, weight_groups: int = 1, seed: int = 0):
+    """A BitLinear (k -> n) in eval mode with a norm weight and a bias that are not the defaults, and its 2-bit pack."""
+    torch.manual_seed(seed)
+    layer = BitLinear(k, n, bias=bias, norm=norm, weight_groups=weight_groups).eval()
+    with torch.no_grad():
+        if norm:
+            layer.norm.weight.uniform_(0.5, 2.0)
+        if bias:
+            layer.bias.normal_()
+    return layer, PackedBitLinear.from_bitlinear(layer, "2bit")
+
+
 @pytest.mark.parametrize("norm", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_bitlinear_on_the_cpu_is_one_kernel_call_and_bit_exact(monkeypatch, bias, norm):
@@ -105,14 +117,7 @@ def test_packed_bitlinear_on_the_cpu_is_one_kernel_call_and_bit_exact(monkeypatc
     ext = cpu.load_extension()
     if ext is None:
         pytest.skip("C++ extension unavailable")
-    torch.manual_seed(1)
-    layer = BitLinear(130, 48, bias=bias, norm=norm, weight_groups=3).eval()
-    with torch.no_grad():
-        if norm:
-            layer.norm.weight.uniform_(0.5, 2.0)
-        if bias:
-            layer.bias.normal_()
-    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    layer, packed = eval_and_packed(130, 48, bias, norm, weight_groups=3, seed=1)
     counter = CallCounter(ext)
     monkeypatch.setattr(cpu, "_ext", counter)
     x = torch.randn(2, 7, 130) * 3
@@ -141,14 +146,7 @@ def test_the_decode_path_on_the_cpu_gives_the_general_paths_numbers(monkeypatch,
     ext = cpu.load_extension()
     if ext is None:
         pytest.skip("C++ extension unavailable")
-    torch.manual_seed(2)
-    layer = BitLinear(64, 40, bias=bias, norm=norm).eval()
-    with torch.no_grad():
-        if norm:
-            layer.norm.weight.uniform_(0.5, 2.0)
-        if bias:
-            layer.bias.normal_()
-    packed = PackedBitLinear.from_bitlinear(layer, "2bit")
+    _, packed = eval_and_packed(64, 40, bias, norm, seed=2)
     if bias:
         packed.bias.requires_grad_(False)  # so that the general path adds it in the C++ call too
     packed.activation = activation

@@ -152,17 +152,6 @@ def merge_chunks(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.T
     return (acc * w[:, None]).sum(0) / (l * w).sum()
 
 
-_counters: dict[torch.device, torch.Tensor] = {}  # per device: zeros the kernel leaves zero after each call
-
-
-def _counter(device: torch.device, n: int) -> torch.Tensor:
-    """n int32 zeros on ``device``, kept between calls (so that no call pays a kernel to clear them)."""
-    count = _counters.get(device)
-    if count is None or count.numel() < n:
-        count = _counters[device] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-    return count
-
-
 def new_counts(batch: int, n_head: int, device: torch.device | str) -> torch.Tensor:
     """The ``counts`` scratch of :func:`decode_attention` for ``batch`` sequences of ``n_head`` query heads."""
     return torch.zeros(batch * n_head, dtype=torch.int32, device=device)
@@ -195,8 +184,8 @@ def decode_attention(
     (what the decode step calls, so that ``torch.compile`` and CUDA graphs take it as one opaque op).
     ``counts``: int32 zeros on the device, at least B * H of them (:func:`new_counts`), where the chunks
     of each head count themselves done; every call leaves them zero again. Calls that may run at the
-    same time (on two CUDA streams) need their own; None: one shared buffer per device (what
-    ``StaticCache`` avoids by keeping its own).
+    same time (on two CUDA streams) need their own (as each ``StaticCache`` keeps); None: fresh zeros
+    for this call (one more small kernel).
     """
     require_triton()
     if not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[2] != 1:
@@ -239,7 +228,7 @@ def decode_attention(
     rows = triton.next_power_of_2(splits)  # the combine reads a power of 2 of rows per head (masked past splits)
     part = torch.empty(B * H * rows * (block_d + 2) if splits > 1 else 1, dtype=torch.float32, device=dev)
     pdl = use_pdl(dev)
-    counts = _counter(dev, B * H) if counts is None else counts
+    counts = new_counts(B, H, dev) if counts is None else counts
     decode_attention_kernel[(B * H, splits)](
         q, k, v, k_cache, v_cache, y, pos, part, counts, H, H // KH, D, T, chunk,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), float(scale),

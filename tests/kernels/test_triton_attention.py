@@ -84,9 +84,10 @@ def test_more_positions_than_chunks_and_calls_one_after_another():
     # zero again after every call (the next call, at another position, combines only its own chunks)
     T = MAX_SPLITS * BLOCK_T + 3 * BLOCK_T
     q, k, v, k_cache, v_cache = case(1, 2, 1, T, 16, seed=4)
+    counts = new_counts(1, 2, DEVICE)  # one buffer for every call, as a StaticCache keeps it
     for pos in (T - 1, 2 * BLOCK_T + 5, 0, T // 2):
         want, want_k, want_v = reference(q, k, v, k_cache, v_cache, pos, 0.25)
-        got = decode_attention(q, k, v, k_cache, v_cache, torch.tensor([pos], device=DEVICE), 0.25)
+        got = decode_attention(q, k, v, k_cache, v_cache, torch.tensor([pos], device=DEVICE), 0.25, counts)
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=lambda m, pos=pos: f"pos {pos}: {m}")
         assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
         q = q.flip(-1)  # another query each call
