@@ -93,6 +93,8 @@ def test_more_positions_than_chunks_and_calls_one_after_another():
         q = q.flip(-1)  # another query each call
 
 
+# the dirty-counts call below combines scratch rows no chunk wrote (uninitialised memory): overflows are expected
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_a_callers_own_counts_are_used_and_left_zero():
     q, k, v, k_cache, v_cache = case(2, 4, 2, 150, 16, seed=6)
     pos = torch.tensor([140], device=DEVICE)
