@@ -170,11 +170,6 @@ def _graph_us(fns: dict[str, list[Callable[[], object]]], loops: dict[str, int],
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _copies(nbytes: int, l2_bytes: int, most: int = 64) -> int:
-    """How many copies of a weight buffer add up to twice the L2 cache (1 for large matrices)."""
-    return max(1, min(most, math.ceil(2 * l2_bytes / nbytes)))
-
-
 VARIANTS = {  # bench_kernel's Triton contenders: label -> what it runs
     "triton int8 add-only": "ternary_matmul, int8 x, selections and additions, rescale fused",
     "triton int8 (code-1)*x": "the same with a multiplication by (code - 1) instead of the selections",
@@ -277,7 +272,7 @@ def bench_kernel_variants(
         w_t = torch.randint(-1, 2, (n, k), generator=gen).to(torch.int8)
         packed = pack_2bit(w_t).to(dev)
         w_t = w_t.to(dev)
-        n_packed, n_dense = _copies(packed.numel(), l2), _copies(2 * n * k, l2)
+        n_packed, n_dense = tuning.weight_copies(packed.numel(), l2), tuning.weight_copies(2 * n * k, l2)
         packs = [packed.clone() for _ in range(n_packed)]
         dense = {dt: [w_t.to(dt) for _ in range(n_dense)] for dt in (torch.bfloat16, torch.float16)}
         loops = {"packed": max(1, math.ceil(32 / n_packed)), "dense": max(1, math.ceil(32 / n_dense))}
@@ -285,12 +280,12 @@ def bench_kernel_variants(
             x = torch.randn(m, k, generator=gen).to(dev, torch.bfloat16)
             _check_contenders(x, w_t, packed, s_w, configs[0])
             best: dict[str, Config] = {}
-            tuning: dict[str, dict[str, float]] = {}
+            tuned: dict[str, dict[str, float]] = {}
             for label in _variants(m):  # each Triton contender tries every config and keeps the fastest
                 tries = _configs(label, configs)
                 fns = {str(c): [_triton_call(label, x, pk, k, s_w, c) for pk in packs] for c in tries}
                 us = _graph_us(fns, dict.fromkeys(fns, loops["packed"]), max(5, repeats // 5))
-                tuning[label] = us
+                tuned[label] = us
                 best[label] = tries[list(fns).index(min(us, key=us.get))]
             xh = x.half()
             fns = {
@@ -313,7 +308,7 @@ def bench_kernel_variants(
                     "gb_per_s": {name: weight_bytes[name] / (us[name] * 1e3) for name in us},
                     "speedup_vs_bf16": {name: us["torch bf16"] / us[name] for name in us},
                     "config": {label: list(c) for label, c in best.items()},
-                    "tuning_us": tuning,
+                    "tuning_us": tuned,
                     "copies": {"packed": n_packed, "dense": n_dense},
                 }
             )
@@ -335,7 +330,7 @@ def _cuda_device(device: str) -> tuple[torch.device, int]:
     dev = torch.device(device)
     if dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    return dev, getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 50 * 2**20)
+    return dev, tuning.l2_bytes(dev)
 
 
 # ---------------------------------------------------------------- the layer as it ships vs its peers (issue 15)
@@ -423,7 +418,11 @@ def bench_kernel(
         w_t = torch.randint(-1, 2, (n, k), generator=gen).to(torch.int8)
         packed = pack_2bit(w_t).to(dev)
         w_t = w_t.to(dev)
-        n_packed, n_bf16, n_int8 = _copies(packed.numel(), l2), _copies(2 * n * k, l2), _copies(n * k, l2)
+        n_packed, n_bf16, n_int8 = (
+            tuning.weight_copies(packed.numel(), l2),
+            tuning.weight_copies(2 * n * k, l2),
+            tuning.weight_copies(n * k, l2),
+        )
         packs = [packed.clone() for _ in range(n_packed)]
         bf16 = [w_t.to(torch.bfloat16) for _ in range(n_bf16)]
         int8 = [w_t.clone() for _ in range(n_int8)] if n % 8 == 0 and k % 8 == 0 else []

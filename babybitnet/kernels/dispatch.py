@@ -20,8 +20,9 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 - ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
   cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
 
-With an RMSNorm before the layer (``norm_weight``), the one-launch kernel applies it itself; every
-other candidate runs ``F.rms_norm`` first, and the tuner times them that way (a key of its own).
+With an RMSNorm before the layer (``norm_weight``), the one-launch kernel and the dp4a path's quantizer
+kernel apply it themselves; every other candidate runs ``F.rms_norm`` first, and the tuner times them
+that way (a key of its own).
 Likewise the epilogue, ``residual + act(layer(x))`` (``activation``, ``residual``): the dp4a kernels
 do it in their store, the others in torch after them; each combination is tuned under its own key.
 
@@ -32,6 +33,9 @@ is timed: the stored choice, else the default.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,11 +66,10 @@ FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) 
 # seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
 # The one-launch configs below each won at some 2B4T or nanoGPT shape at batch 1 once the kernel read all of x
 # at once and each step's inputs in one contiguous block (a throwaway A/B of every config side by side on the
-# H200, session 8). At most 16 tokens the dp4a GEMV is tried in its default config only: the one-launch
-# kernel beat its best config at every shape timed; from 17 tokens (no one-launch kernel) all of TUNE_DP4A are.
-TUNE_BITLINEAR = (
-    (4, 32, 1), (8, 64, 2), (16, 32, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4), (8, 256, 8), (32, 64, 8),
-)  # fmt: skip
+# H200, session 8). The two-launch dp4a path is tried in all of TUNE_DP4A at any batch: once its quantizer
+# fused the norm and its two kernels overlapped (PDL), it beat the one-launch kernel at three of the four
+# 2B4T shapes at batch 1, timed back to back as in a decode step (session 11's A/B on the H200).
+TUNE_BITLINEAR = ((4, 32, 1), (8, 64, 2), (16, 32, 4), (16, 64, 4), (8, 256, 8), (32, 32, 8))
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
 TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
 
@@ -93,8 +96,8 @@ def candidates(m: int, n: int, k: int, norm: bool = False) -> list[str]:
     names = [default_candidate(m, k, norm)]
     if k % 16 == 0:
         if m <= MAX_BLOCK_M:
-            names += [_name("bitlinear", c) for c in TUNE_BITLINEAR] + [_name("dp4a", DP4A_DEFAULT)]
-        elif m <= DP4A_MAX_M:
+            names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
+        if m <= DP4A_MAX_M:
             names += [_name("dp4a", c) for c in TUNE_DP4A]
         if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
             mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]
@@ -146,10 +149,10 @@ def run_candidate(
     cfg = tuple(int(v) for v in config.split(",")) if config else None
     if kind == "bitlinear":
         return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
+    if kind == "dp4a":  # the norm in the quantizer kernel, the epilogue in the GEMV's store
+        return dp4a_linear(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
     if norm_weight is not None:  # the other kernels take the normalised activations
         x = F.rms_norm(x, (k,), norm_weight, norm_eps)
-    if kind == "dp4a":
-        return dp4a_linear(x, packed, scale, k, cfg, activation, residual)
     if kind == "gemv":
         y = triton_packed_linear(x, packed, scale, k, cfg)
     elif kind in ("mma", "mma1"):
@@ -222,10 +225,16 @@ def tuned_choice(
     r_t = residual
     if tune and residual is not None:
         r_t = torch.randn(m_t, n, device=x.device, dtype=x.dtype)
-    fns = {
-        nm: (lambda nm=nm: run_candidate(nm, x_t, packed, scale, k, norm_weight, norm_eps, activation, r_t))
-        for nm in candidates(m_t, n, k, norm)
-    }
+    packs = [packed]  # copies of the weights that together overflow the L2 cache: timed cold, as in a model
+    if tune and x.is_cuda and TUNER.lookup(key) is None:
+        copies = tuning.weight_copies(packed.numel(), tuning.l2_bytes(x.device))
+        packs += [packed.clone() for _ in range(copies - 1)]
+
+    def candidate(nm: str) -> Callable[[], torch.Tensor]:
+        turn = itertools.cycle(packs)  # each call of the candidate reads the next copy
+        return lambda: run_candidate(nm, x_t, next(turn), scale, k, norm_weight, norm_eps, activation, r_t)
+
+    fns = {nm: candidate(nm) for nm in candidates(m_t, n, k, norm)}
     name = TUNER.choose(key, fns, default, tune=tune)
     if not capturing or name != default:
         _memo[memo_key] = name  # settled (a default taken during a capture may still be tuned after it)

@@ -19,7 +19,8 @@ program per head would leave most of the GPU idle while each walks the whole cac
    new token's own score. Only the positions written so far are read: no mask, no wasted reads;
 3. each chunk leaves its (m, l, acc) in a scratch buffer and counts itself done (an atomic add);
    the head's last chunk to finish combines them, each weighted by ``exp(m_chunk - m_max)``, and
-   sets the count back to zero for the next call.
+   sets the count back to zero for the next call. While every cached position falls in chunk 0 (the
+   first BLOCK_T tokens of a generation) that chunk writes the output itself: no partial sums, no count.
 
 ``pos`` is read on the GPU (the static cache's tensor), so the kernel never waits for the host
 and a CUDA graph can replay it at every position. The numbers are those of
@@ -39,7 +40,7 @@ from babybitnet.kernels.triton_common import interpreted, pdl_ready, pdl_wait, r
 from babybitnet.kernels.triton_common import triton as triton
 
 MAX_SPLITS = 64  # chunks of positions per head at most (the combine holds one row of head_size per chunk)
-BLOCK_T = 32  # positions per block of the loop (keys and values of one block fit in registers)
+BLOCK_T = 64  # positions per block of the loop and per chunk at most (keys and values of one block fit in registers)
 
 if triton is not None:
 
@@ -109,7 +110,7 @@ if triton is not None:
                 l = l * alpha + tl.sum(p, axis=0)
                 m = m_new
                 keys, values = next_keys, next_values
-            if SPLITS == 1:
+            if SPLITS == 1 or chunks == 1:  # all the positions in one chunk (early in a generation): no merge
                 tl.store(y_ptr + bh * D + d, acc / l, mask=d_ok)
             else:
                 # flash-decoding: every chunk leaves its (m, l, acc); the head's last chunk to finish combines them

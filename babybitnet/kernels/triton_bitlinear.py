@@ -47,29 +47,26 @@ from babybitnet.kernels.triton_common import (
     use_pdl,
 )
 from babybitnet.kernels.triton_common import triton as triton
-from babybitnet.kernels.triton_dp4a import as_words, check_words_k, dp4a, load_words, round_to_int
+from babybitnet.kernels.triton_dp4a import (
+    as_words,
+    check_norm_weight,
+    check_words_k,
+    dp4a,
+    load_inputs,
+    load_words,
+    round_to_int,
+)
 from babybitnet.quant import EPS, check_weight_groups
 
 MAX_BLOCK_M = 16  # tokens per program: past that, use the two-kernel path or a GEMM
 SCALE_INPUTS_PER_WARP = 2048  # the scale's pass holds up to this many inputs (of all tokens) per warp at once
-DEFAULT_CONFIG = (8, 32, 2)  # (BLOCK_N rows, BLOCK_W words per step, num_warps)
+DEFAULT_CONFIG = (16, 32, 4)  # (BLOCK_N rows, BLOCK_W words per step, num_warps)
 CONFIGS = (
     (4, 32, 1), (8, 32, 2), (8, 64, 2), (16, 32, 4), (16, 64, 4), (32, 32, 4), (8, 128, 4), (8, 256, 8),
-    (4, 256, 4), (16, 256, 8), (16, 128, 4), (32, 64, 8),
+    (4, 256, 4), (16, 256, 8), (16, 128, 4), (32, 64, 8), (32, 32, 8),
 )  # fmt: skip
 
 if triton is not None:
-
-    @triton.jit
-    def load_inputs(x_rows, k, ok, g_ptr, r, NORM: tl.constexpr):
-        """The layer's inputs at positions ``k`` as float32: x itself, or with NORM the RMSNorm of x,
-        ``(x * r) * g[k]`` (r = 1 / rms of the token), rounded to x's dtype as torch's norm returns it."""
-        x = tl.load(x_rows + k, mask=ok, other=0.0)
-        v = x.to(tl.float32)
-        if NORM:
-            g = tl.load(g_ptr + k, mask=ok, other=0.0).to(tl.float32)
-            v = ((v * r) * g).to(x.dtype).to(tl.float32)
-        return v
 
     @triton.jit
     def quantized_planes(
@@ -202,7 +199,7 @@ if triton is not None:
         finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL, USE_ASM)
 
 else:
-    load_inputs = quantized_planes = plane_step = quantized_step = bitlinear_dp4a_kernel = None
+    quantized_planes = plane_step = quantized_step = bitlinear_dp4a_kernel = None
 
 
 def scale_block(k: int, block_m: int, num_warps: int) -> int:
@@ -243,11 +240,7 @@ def bitlinear_dp4a(
         raise ValueError(f"bitlinear_dp4a takes at most {MAX_BLOCK_M} tokens (decode), got {m}; use dp4a_linear")
     check_words_k(k)
     check_packed_on(packed, k, x.device)
-    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.device != x.device):
-        raise ValueError(
-            f"norm_weight must be the norm's weight, shape ({k},) on {x.device}, "
-            f"got {tuple(norm_weight.shape)} on {norm_weight.device}"
-        )
+    check_norm_weight(norm_weight, k, x.device)
     norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
     n = packed.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)

@@ -55,15 +55,19 @@ from babybitnet.kernels.triton_common import (
     check_residual,
     epilogue,
     interpreted,
+    pdl_ready,
+    pdl_wait,
     program_tile,
     require_triton,
     store_outputs,
     tl,
     triton,
+    use_pdl,
 )
 from babybitnet.quant import EPS, check_weight_groups
 
 MAX_BLOCK_M = 16  # tokens per program
+QUANTIZE_BLOCK = 16384  # inputs per block of the quantizer's passes: one block holds a row of up to this many
 DEFAULT_CONFIG = (8, 64, 2)  # (BLOCK_N rows, BLOCK_W words of 16 weights per step, num_warps) for one token
 CONFIGS = (  # what bench_kernel tries per shape: small tiles and many programs suit batch 1, wider ones batch 8
     (2, 64, 1), (4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (8, 128, 4),
@@ -110,6 +114,17 @@ if triton is not None:
         return words
 
     @triton.jit
+    def load_inputs(x_rows, k, ok, g_ptr, r, NORM: tl.constexpr):
+        """The layer's inputs at positions ``k`` as float32: x itself, or with NORM the RMSNorm of x,
+        ``(x * r) * g[k]`` (r = 1 / rms of the token), rounded to x's dtype as torch's norm returns it."""
+        x = tl.load(x_rows + k, mask=ok, other=0.0)
+        v = x.to(tl.float32)
+        if NORM:
+            g = tl.load(g_ptr + k, mask=ok, other=0.0).to(tl.float32)
+            v = ((v * r) * g).to(x.dtype).to(tl.float32)
+        return v
+
+    @triton.jit
     def dp4a_step(
         words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr
     ):
@@ -150,6 +165,7 @@ if triton is not None:
         EVEN: tl.constexpr,  # N % BLOCK_N == 0 and KW % BLOCK_W == 0: no masks needed
         ACT: tl.constexpr,  # the epilogue (only with RESCALE): an activation (EPILOGUE_ACTS) ...
         RESIDUAL: tl.constexpr,  # ... and a residual to add
+        USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_common.use_pdl)
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])), 16 weights per loaded word."""
         offs_m, offs_n, m_ok, n_ok = program_tile(M, N, BLOCK_M, BLOCK_N)
@@ -162,6 +178,9 @@ if triton is not None:
         # The last step is done after the loop, so nothing is ever loaded past the end.
         last = ((KW - 1) // BLOCK_W) * BLOCK_W  # where the last step starts
         words = load_words(w_rows, 0, KW, n_ok, BLOCK_W, EVEN)
+        # with PDL the first weights are requested while the quantizer kernel before this one still runs
+        pdl_wait(USE_PDL)
+        pdl_ready(USE_PDL)
         for q0 in range(0, last, BLOCK_W):
             nxt = load_words(w_rows, q0 + BLOCK_W, KW, n_ok, BLOCK_W, EVEN)
             acc, x_sum = dp4a_step(words, x_rows, q0, KW, m_ok, acc, x_sum, BLOCK_W, EVEN, USE_ASM)
@@ -174,38 +193,67 @@ if triton is not None:
     @triton.jit
     def quantize_words_kernel(
         x_ptr,  # (M, K) float activations
+        g_ptr,  # (K,) float: the RMSNorm's weight (read only if NORM)
         xw_ptr,  # (M, K / 4) int32 out: the int8 values as words, transposed per 16
         sx_ptr,  # (M,) float32 out: the scales 127 / max |x|
         K,
         stride_xm,
         eps,
-        BLOCK_K: tl.constexpr,
-        BLOCK_W: tl.constexpr,
+        norm_eps,
+        BLOCK_W: tl.constexpr,  # words (16 inputs) per block of the passes: all of the row where it fits
+        NORM: tl.constexpr,  # an RMSNorm first (the layer's own, or the block's pre-norm folded in)
         USE_ASM: tl.constexpr,
+        USE_PDL: tl.constexpr,
     ):
-        """One token per program: s = 127 / max|x|, x_i = round(x * s), stored 4 int8 per int32 word."""
+        """One token per program: (with NORM ``x * r * g``, r = 1 / rms(x)), s = 127 / max|x|, x_i = round(x * s),
+        stored 4 int8 per int32 word. Where BLOCK_W covers the row, it is read once and kept in registers (a
+        decode step waits for this kernel: each pass over a longer row is one more wait for memory)."""
         row = tl.program_id(0)
         x_row = x_ptr + row * stride_xm
-        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):  # pass 1: the largest |x| of the row
-            k = k0 + tl.arange(0, BLOCK_K)
-            amax = tl.maximum(amax, tl.abs(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)))
-        # as torch computes 127 / t: an IEEE reciprocal, then the product (two roundings, bit for bit)
-        s = tl.math.div_rn(1.0, tl.maximum(tl.max(amax, axis=0), eps)) * 127.0
+        KW = K // 16
+        q, j, b = tl.arange(0, BLOCK_W), tl.arange(0, 4), tl.arange(0, 4)
+        # (BLOCK_W, 4 planes j, 4 bytes b): input 16q + 4b + j goes to byte b of word (q, j)
+        at = 16 * q[:, None, None] + 4 * b[None, None, :] + j[None, :, None]
+        pdl_wait(USE_PDL)  # x is the previous kernel's output
+        pdl_ready(USE_PDL)  # the GEMV after this kernel may start and request its weights
+        if KW <= BLOCK_W:  # the whole row in one block
+            x = tl.load(x_row + at, mask=at < K, other=0.0)
+            v = x.to(tl.float32)
+            if NORM:  # as load_inputs normalises, with the sum of squares in float32 as torch's RMSNorm
+                r = tl.math.rsqrt(tl.sum(v * v) / K + norm_eps)
+                v = ((v * r) * tl.load(g_ptr + at, mask=at < K, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
+            s = tl.math.div_rn(1.0, tl.maximum(tl.max(tl.abs(v)), eps)) * 127.0  # as torch: reciprocal, product
+            store_words(v * s, xw_ptr + row * (K // 4), 0, KW, USE_ASM)
+        else:  # block by block: the sum of squares, the largest |x|, then the words
+            r = 1.0
+            if NORM:
+                sumsq = 0.0
+                for k0 in range(0, K, 16 * BLOCK_W):
+                    v = load_inputs(x_row, k0 + at, k0 + at < K, g_ptr, r, False)
+                    sumsq += tl.sum(v * v)
+                r = tl.math.rsqrt(sumsq / K + norm_eps)
+            amax = 0.0
+            for k0 in range(0, K, 16 * BLOCK_W):
+                amax = tl.maximum(amax, tl.max(tl.abs(load_inputs(x_row, k0 + at, k0 + at < K, g_ptr, r, NORM))))
+            s = tl.math.div_rn(1.0, tl.maximum(amax, eps)) * 127.0
+            for q0 in range(0, KW, BLOCK_W):
+                v = load_inputs(x_row, 16 * q0 + at, 16 * q0 + at < K, g_ptr, r, NORM)
+                store_words(v * s, xw_ptr + row * (K // 4), q0, KW, USE_ASM)
         tl.store(sx_ptr + row, s)
+
+    @triton.jit
+    def store_words(v, xw_row, q0, KW, USE_ASM: tl.constexpr):
+        """Round the (BLOCK_W, 4 planes j, 4 bytes b) block ``v`` of words q0.. to int8 and store it as words."""
+        byte = round_to_int(tl.minimum(tl.maximum(v, -127.0), 127.0), USE_ASM) & 0xFF
         b = tl.arange(0, 4)
-        for q0 in range(0, K // 16, BLOCK_W):  # pass 2: quantize, transpose each group of 16, pack
-            q = q0 + tl.arange(0, BLOCK_W)
-            # (BLOCK_W, 4 planes j, 4 bytes b): input 16q + 4b + j goes to byte b of word (q, j)
-            k = 16 * q[:, None, None] + 4 * b[None, None, :] + tl.arange(0, 4)[None, :, None]
-            v = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32) * s
-            byte = round_to_int(tl.minimum(tl.maximum(v, -127.0), 127.0), USE_ASM) & 0xFF
-            word = tl.sum(byte << (8 * b)[None, None, :], axis=2)  # the 4 bytes never overlap: sum = or
-            jq = tl.arange(0, 4)[None, :] * (K // 16) + q[:, None]  # word q of plane j
-            tl.store(xw_ptr + row * (K // 4) + jq, word, mask=(q < K // 16)[:, None])
+        word = tl.sum(byte << (8 * b)[None, None, :], axis=2)  # the 4 bytes never overlap: sum = or
+        q = q0 + tl.arange(0, v.shape[0])
+        jq = tl.arange(0, 4)[None, :] * KW + q[:, None]  # word q of plane j
+        tl.store(xw_row + jq, word, mask=(q < KW)[:, None])
 
 else:
-    dp4a = round_to_int = load_words = dp4a_step = ternary_gemv_dp4a_kernel = quantize_words_kernel = None
+    dp4a = round_to_int = load_words = load_inputs = dp4a_step = ternary_gemv_dp4a_kernel = None
+    quantize_words_kernel = store_words = None
 
 
 # ---------------------------------------------------------------- layouts
@@ -308,36 +356,54 @@ def dp4a_matmul(
     block_w = max(8, block_w // block_m)  # keep the (M, N, W) accumulator in registers as tokens grow
     x_words, w = x_words.contiguous(), as_words(packed)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    pdl = use_pdl(x_words.device)
     ternary_gemv_dp4a_kernel[grid](
         x_words, w, y, s_x if rescale else y, s_w_rows if rescale else y, y if residual is None else residual,
         m, n, k // 16, n // s_w_rows.numel() if rescale else 1, x_words.stride(0), w.stride(0), y.stride(0),
         0 if residual is None else residual.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, USE_ASM=not interpreted(), RESCALE=rescale,
         EVEN=n % block_n == 0 and (k // 16) % block_w == 0, ACT=act, RESIDUAL=residual is not None,
-        num_warps=num_warps,
+        USE_PDL=pdl, num_warps=num_warps, **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return y
 
 
-def quantize_words(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def check_norm_weight(norm_weight: torch.Tensor | None, k: int, device: torch.device) -> None:
+    """Raise unless ``norm_weight`` is None or an RMSNorm's weight: shape (k,), on ``device``."""
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.device != device):
+        raise ValueError(
+            f"norm_weight must be the norm's weight, shape ({k},) on {device}, "
+            f"got {tuple(norm_weight.shape)} on {norm_weight.device}"
+        )
+
+
+def quantize_words(
+    x: torch.Tensor, eps: float = EPS, norm_weight: torch.Tensor | None = None, norm_eps: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float (M, K) -> (int32 words (M, K/4) as :func:`prepare_activations` lays them out, float32 s_x (M,)).
 
     The same numbers as ``quantize_activations(x.float())``: s_x = 127 / max|x| per token,
-    round half to even. One Triton program per token.
+    round half to even. One Triton program per token. ``norm_weight`` (K,): of
+    ``F.rms_norm(x, (K,), norm_weight, norm_eps)`` instead (None: torch's default eps for x's dtype),
+    up to the float rounding of the norm's sum of squares.
     """
     require_triton()
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"x must be a 2-D float tensor (M, K), got {getattr(x, 'dtype', type(x))}")
     m, k = x.shape
     check_words_k(k)
+    check_norm_weight(norm_weight, k, x.device)
+    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
     x = x.contiguous()
     words = torch.empty(m, k // 4, dtype=torch.int32, device=x.device)
     s_x = torch.empty(m, dtype=torch.float32, device=x.device)
     if m and k:
-        block_k = min(4096, triton.next_power_of_2(k))
+        pdl = use_pdl(x.device)
+        block_w = min(QUANTIZE_BLOCK // 16, triton.next_power_of_2(k // 16))
         quantize_words_kernel[(m,)](
-            x, words, s_x, k, x.stride(0), eps,
-            BLOCK_K=block_k, BLOCK_W=max(1, block_k // 16), USE_ASM=not interpreted(),
+            x, x if norm_weight is None else norm_weight.contiguous(), words, s_x, k, x.stride(0), eps, norm_eps,
+            BLOCK_W=block_w, NORM=norm_weight is not None, USE_ASM=not interpreted(), USE_PDL=pdl,
+            num_warps=max(1, min(8, 16 * block_w // 1024)), **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return words, s_x
 
@@ -348,14 +414,19 @@ def dp4a_linear(
     s_w: torch.Tensor,
     k: int,
     config: Config | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float | None = None,
     activation: str = "",
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BitLinear inference in two kernels: float (..., k), uint8 (N, k/4), s_w (G,) -> (..., N) in x's dtype.
 
     The same numbers as :func:`babybitnet.kernels.triton_gemv.triton_packed_linear` (the activations are
-    quantized in float32, the sums are exact int32), up to the float rounding of the rescale. With the
-    epilogue ``residual + act(y)`` (``residual`` (..., N) in x's dtype) in the GEMV's store.
+    quantized in float32, the sums are exact int32), up to the float rounding of the rescale. The same
+    arguments as :func:`babybitnet.kernels.triton_bitlinear.bitlinear_dp4a`: ``norm_weight`` (k,), the
+    RMSNorm before the layer, in the quantizer kernel; the epilogue ``residual + act(y)`` (``residual``
+    (..., N) in x's dtype) in the GEMV's store. On Hopper the two kernels overlap (PDL): the GEMV asks
+    for its weights while the quantizer runs.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != k:
         raise ValueError(
@@ -363,7 +434,7 @@ def dp4a_linear(
         )
     n = packed.shape[0]
     check_weight_groups(s_w, n)
-    words, s_x = quantize_words(x.reshape(-1, k))
+    words, s_x = quantize_words(x.reshape(-1, k), EPS, norm_weight, norm_eps)
     r = residual.reshape(-1, n) if residual is not None and residual.shape == (*x.shape[:-1], n) else residual
     s_w = s_w.reshape(-1).to(x.device)  # (G,): read in place, no copy per call
     y = dp4a_matmul(words, packed, k, s_x, s_w, x.dtype, config, activation, r)

@@ -11,10 +11,12 @@ The key is (kernel, N, K, M bucket, device name). Tokens are bucketed (:data:`M_
 5-8, ..., 129-256, >256), each bucket timed at its largest M: a decode step at 3 tokens and one
 at 4 share the choice, and which M came first does not matter.
 
-Timing (:func:`cuda_graph_us`): CUDA-graph replays, so that Python and launch overheads are not
-measured (in a model the layer runs inside a graph, or after other kernels keep the GPU busy),
-with the L2 cache flushed before every call, so that the weights come from memory as in a model
-whose layers together are far larger than the cache.
+Timing (:func:`cuda_graph_us`): CUDA-graph replays of many calls back to back, as the layers of a
+decode step run, so that Python and launch overheads are not measured (in a model the layer runs
+inside a graph) and a kernel that starts early (PDL) overlaps the call before it as in the model.
+Each call reads its own copy of the weights (:func:`weight_copies`: together twice the L2 cache),
+so the weights come from memory as in a model whose layers are far larger than the cache; a layer
+so small that 64 copies fit in the cache is timed from the cache, as a small model runs.
 
 No tuning where timing would mislead or break things: in Triton's interpreter and on the CPU
 (a fixed default: tests stay deterministic), while a CUDA graph is being captured (the cached
@@ -25,6 +27,7 @@ choice, else the default: timing needs synchronization, which capture forbids), 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import warnings
@@ -36,7 +39,8 @@ import torch
 from babybitnet.atomic import write_json
 
 M_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)  # upper edges: 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256
-VERSION = 2  # of the candidates' code: a new version ignores the entries of older files
+VERSION = 3  # of the candidates' code and the timing: a new version ignores the entries of older files
+MOST_COPIES = 64  # weight copies per timing at most (and calls per timed graph)
 Timer = Callable[[str, Callable[[], object]], float]  # (candidate's name, its call) -> microseconds per call
 
 
@@ -75,12 +79,25 @@ def tuning_enabled() -> bool:
 
 
 # ---------------------------------------------------------------- timing
-def cuda_graph_us(fn: Callable[[], object], calls: int = 8, repeats: int = 5) -> float:
-    """GPU microseconds of one ``fn()`` with a cold L2 cache, from CUDA-graph replays timed with CUDA events.
+def l2_bytes(device: torch.device | None = None) -> int:
+    """The L2 cache of a CUDA GPU (default: the current one), in bytes (50 MiB if torch does not say)."""
+    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
 
-    One graph records ``calls`` times (flush the L2, fn), a second one the flushes alone; the
-    difference of their median replay times, per call, is fn's. ``fn`` must be capturable (no
-    synchronization); it runs twice first, outside the graphs (Triton compiles there).
+
+def weight_copies(nbytes: int, l2: int, most: int = MOST_COPIES) -> int:
+    """How many copies of a weight buffer of ``nbytes`` add up to twice the L2 cache of ``l2`` bytes
+    (1 for large matrices, at most ``most``)."""
+    return max(1, min(most, math.ceil(2 * l2 / max(nbytes, 1))))
+
+
+def cuda_graph_us(fn: Callable[[], object], calls: int = MOST_COPIES, repeats: int = 5) -> float:
+    """GPU microseconds of one ``fn()``, from CUDA-graph replays of ``calls`` calls back to back.
+
+    ``fn`` should read a different copy of its weights at each call (cycling through
+    :func:`weight_copies` of them), so that ``calls`` calls read more than the cache holds. It must be
+    capturable (no synchronization); it runs twice first, outside the graph (Triton compiles there).
+    The median of ``repeats`` timed replays, per call.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -88,30 +105,20 @@ def cuda_graph_us(fn: Callable[[], object], calls: int = 8, repeats: int = 5) ->
         fn()
         fn()
     torch.cuda.current_stream().wait_stream(side)
-    l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 * 2**20)
-    flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
-    graphs = []
-    for with_fn in (True, False):
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(calls):
-                flush.zero_()
-                if with_fn:
-                    fn()
-        graphs.append(g)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    medians = []
-    for g in graphs:
+    g.replay()
+    times = []
+    for _ in range(repeats):
+        start.record()
         g.replay()
-        times = []
-        for _ in range(repeats):
-            start.record()
-            g.replay()
-            end.record()
-            end.synchronize()
-            times.append(1e3 * start.elapsed_time(end) / calls)
-        medians.append(statistics.median(times))
-    return max(medians[0] - medians[1], 1e-3)
+        end.record()
+        end.synchronize()
+        times.append(1e3 * start.elapsed_time(end) / calls)
+    return statistics.median(times)
 
 
 def _close(y: torch.Tensor, ref: torch.Tensor) -> bool:

@@ -94,16 +94,17 @@ def test_scales_are_read_in_their_dtype_and_groups(groups):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m, n, kw", [(1, 8, 4), (3, 13, 10), (5, 7, 20)])
-def test_fused_rmsnorm_equals_norm_then_layer(dtype, m, n, kw):
+@pytest.mark.parametrize("fn", [bitlinear_dp4a, dp4a_linear], ids=["one-launch", "two-kernel"])
+def test_fused_rmsnorm_equals_norm_then_layer(dtype, m, n, kw, fn):
     # norm_weight: the kernel applies F.rms_norm(x, (K,), g, eps) itself, then the layer; in float32 and
     # float16 (the interpreter has no bfloat16) the same numbers as the norm computed by torch first
     k = 16 * kw
     x, w_t, s_w = case(m, n, k, seed=m * n + kw)
     x, g = x.to(dtype), (torch.rand(k, generator=torch.Generator().manual_seed(k)) + 0.5).to(dtype)
     want = reference(F.rms_norm(x, (k,), g, torch.finfo(dtype).eps), w_t, s_w)
-    got = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL, g.to(DEVICE))
+    got = fn(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL, g.to(DEVICE))
     torch.testing.assert_close(got.cpu().float(), want.float(), rtol=1e-5, atol=1e-4)
-    unnormed = bitlinear_dp4a(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL)
+    unnormed = fn(x.to(DEVICE), pack_2bit(w_t).to(DEVICE), s_w.to(DEVICE), k, SMALL)
     assert not torch.allclose(unnormed.cpu().float(), want.float(), rtol=1e-3, atol=1e-3)  # the norm mattered
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import ternary_case as case
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,6 +79,28 @@ def test_quantize_words_matches_quantize_activations():
     assert torch.equal(words.cpu(), D.prepare_activations(x_i.to(torch.int8))), "the int8 words differ"
 
 
+@pytest.mark.parametrize("block", [D.QUANTIZE_BLOCK, 64])  # the whole row in one block; blocks of 4 words
+@pytest.mark.parametrize("norm", [False, True])
+def test_quantize_words_in_blocks_and_with_the_norm(monkeypatch, block, norm):
+    # the quantizer's passes read the row block by block where it is longer than a block: the same words;
+    # with the norm's weight, the words of F.rms_norm(x), up to the float rounding of its sum of squares
+    # (summed in another order): scales within an ulp or two, a rare value one step off
+    monkeypatch.setattr(D, "QUANTIZE_BLOCK", block)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 400, generator=g) * 3  # 25 words: 7 blocks of 4 and a partial one
+    weight = torch.rand(400, generator=g) + 0.5 if norm else None
+    words, s_x = D.quantize_words(x.to(DEVICE), norm_weight=None if weight is None else weight.to(DEVICE))
+    x_i, s_ref = quantize_activations(F.rms_norm(x, (400,), weight, torch.finfo(x.dtype).eps) if norm else x)
+    want = D.prepare_activations(x_i.to(torch.int8))
+    if not norm:
+        assert torch.equal(s_x.cpu(), s_ref.reshape(-1)), "the scales differ from quantize_activations'"
+        assert torch.equal(words.cpu(), want), "the int8 words differ"
+        return
+    torch.testing.assert_close(s_x.cpu(), s_ref.reshape(-1), rtol=1e-6, atol=0)
+    off = (words.cpu().view(torch.int8).int() - want.view(torch.int8).int()).abs()
+    assert off.max() <= 1 and (off > 0).float().mean() < 0.01, f"{int((off > 0).sum())} int8 values differ"
+
+
 def test_layer_matches_triton_packed_linear():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, 64, generator=g)
@@ -107,3 +130,7 @@ def test_errors():
         D.dp4a_matmul(words.to(DEVICE), pk.to(DEVICE), 32, s_x=torch.ones(1, device=DEVICE))
     with pytest.raises(ValueError, match="float"):
         D.dp4a_linear(x_q, pk, torch.ones(1), 32)
+    with pytest.raises(ValueError, match=r"norm_weight must be the norm's weight, shape \(32,\)"):
+        D.dp4a_linear(
+            torch.zeros(1, 32, device=DEVICE), pk.to(DEVICE), torch.ones(1, device=DEVICE), 32, None, torch.ones(16)
+        )

@@ -180,13 +180,13 @@ def test_candidates_and_defaults():
             assert ("int_mm" in names) == (m > 16 and n % 8 == 0 and k % 8 == 0)
             if k % 16:
                 assert set(names) <= {"gemv", "bf16", "int_mm"}
-    assert len(dispatch.candidates(1, 2560, 2560)) <= 10  # each one is a Triton compile the first time
+    assert len(dispatch.candidates(1, 2560, 2560)) <= 12  # each one is a Triton compile the first time
     assert not any(n.startswith("mma") for n in dispatch.candidates(4, 64, 64))
     assert not any(n.startswith(("dp4a", "bitlinear")) for n in dispatch.candidates(256, 64, 64))
 
 
 def test_a_norm_to_fuse_prefers_the_one_launch_kernel():
-    # the one-launch kernel applies an RMSNorm itself; every other candidate needs a norm kernel first
+    # untuned, a layer with a norm to fuse takes the one-launch kernel (one launch, not two) at any K
     assert dispatch.default_candidate(1, 4096).startswith("dp4a:")
     assert dispatch.default_candidate(1, 4096, norm=True).startswith("bitlinear:")
     assert dispatch.default_candidate(17, 4096, norm=True).startswith("mma:")
