@@ -565,8 +565,8 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
-# quantizes all its weights in every step) and faster than babyGPT: 1.74x at
-# nanoGPT's size, 2.15x at 2B4T's. Four changes got it there, each found by
+# quantizes all its weights in every step) and faster than babyGPT: 1.80x at
+# nanoGPT's size, 2.63x at 2B4T's. Five changes got it there, each found by
 # asking where a token's GPU time goes (`bench generate --device cuda --profile`
 # adds up the kernels of the eager step with `torch.profiler`; Nsight Compute
 # looks inside one kernel):
@@ -594,7 +594,16 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 #   kernels launch with *programmatic dependent launch* (PDL): a kernel may
 #   start while the one before it finishes, read what does not depend on it
 #   (its weights; the cached keys and values) and wait only where it needs the
-#   previous kernel's outputs.
+#   previous kernel's outputs;
+# - with PDL the *two*-launch layer (`dp4a_linear`: the quantizer kernel, which
+#   applies the RMSNorm too, then the dp4a GEMV) became the faster one at three
+#   of 2B4T's four shapes: the GEMV asks for its weights while the quantizer
+#   runs, and each token is normalised and quantized once, where the one-launch
+#   kernel does it again in every program. The tuner had timed each candidate
+#   alone after flushing the L2 cache, which hides any overlap; it now times
+#   many calls back to back, each on its own copy of the weights, as a decode
+#   step runs them (every time it took at 2B4T's shapes is in
+#   `babybitnet/results/tuning_h200_2b4t_decode.json`).
 #
 # Why chunks can be combined at all: softmax attention over positions is
 # $y = \sum_t e^{s_t} v_t / \sum_t e^{s_t}$. A chunk keeps its largest score
@@ -617,7 +626,7 @@ def merge_chunks(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch.T
 
 
 # %% [markdown]
-# Yours on one query's scores over 200 cached positions, in chunks of 32 as the
+# Yours on one query's scores over 200 cached positions, in chunks of 64 as the
 # kernel splits them, against softmax over all 200 at once:
 
 # %%
@@ -625,33 +634,38 @@ gen = torch.Generator().manual_seed(0)
 scores = torch.randn(200, dtype=torch.float64, generator=gen) * 4  # one query's scores over 200 positions
 values = torch.randn(200, 16, dtype=torch.float64, generator=gen)
 parts = []
-for chunk in range(0, 200, 32):  # what each chunk's program leaves behind: (m, l, acc)
-    s, v = scores[chunk : chunk + 32], values[chunk : chunk + 32]
+for chunk in range(0, 200, 64):  # what each chunk's program leaves behind: (m, l, acc)
+    s, v = scores[chunk : chunk + 64], values[chunk : chunk + 64]
     parts.append((s.max(), torch.exp(s - s.max()).sum(), torch.exp(s - s.max()) @ v))
 m, l, acc = (torch.stack(t) for t in zip(*parts, strict=True))
 y = merge_chunks(m, l, acc)
 print("chunks merged == softmax over all 200 positions:", torch.allclose(y, torch.softmax(scores, 0) @ values))
 
 # %% [markdown]
-# With the last two turned off (`BABYBITNET_FUSED_ATTENTION=0 BABYBITNET_PDL=0`,
-# on the same machine in the same session, the commit before the attention
-# kernel's last change) the ratios were 1.26x and 1.88x. The attention kernel
-# speeds up babyGPT too; PDL only the packed model, whose layers are our
-# kernels too:
+# With the attention kernel and PDL turned off (`BABYBITNET_FUSED_ATTENTION=0
+# BABYBITNET_PDL=0`, on the same machine in the same session, the commit before
+# the attention kernel's last change) the ratios were 1.26x and 1.88x, and on
+# the same code with both on 1.74x and 2.15x (before the two-launch layer won).
+# The attention kernel speeds up babyGPT too; PDL only the packed model, whose
+# layers are our kernels too:
 
 # %%
 show_markdown(generate_table(measured("bench_generate_sdpa")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_sdpa")))
 
-# the same four runs as bars: ms per token of each model, before and after
+# the runs as bars: ms per token of each model, one step after another
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 sizes = [("nanoGPT size", "bench_generate"), ("2B4T size", "bench_generate_2b4t_size")]
 for ax, (size, name) in zip(axes, sizes, strict=True):
-    runs = {"SDPA, no PDL": measured(f"{name}_sdpa"), "attention kernel + PDL": measured(name)}
+    runs = {
+        "SDPA, no PDL": measured(f"{name}_sdpa"),
+        "attention kernel + PDL": measured(f"{name}_before_two_launch"),
+        "+ two-launch layer, tuned back to back": measured(name),
+    }
     for i, (label, run) in enumerate(runs.items()):
         ms = [run["models"][m]["ms_per_token"] for m in ("gpt", "bitnet_packed")]
-        bars = ax.bar([j + (i - 0.5) * 0.38 for j in range(2)], ms, 0.38, label=label, color=f"C{i}")
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        bars = ax.bar([j + (i - 1) * 0.27 for j in range(2)], ms, 0.27, label=label, color=f"C{i}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(range(2), ["babyGPT", "packed babyBitNet"])
     ax.set(ylabel="ms per token (lower is faster)", title=f"{size}, one H200, bf16, batch 1")
     ax.grid(alpha=0.3, axis="y")
@@ -674,10 +688,11 @@ show_markdown(generate_table(measured("bench_generate_compile")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 
 # %% [markdown]
-# What limits the packed model at 2B4T's size now is our GEMV itself. The
-# profile of the eager step on the same code (`--preset 2b4t_size --profile
-# --tokens 100`) gives, per token, 0.79 ms in the packed layers, 0.16 ms in
-# attention and 0.02 ms in everything else; babyGPT spends 1.51 ms in cuBLAS:
+# What limits the packed model at 2B4T's size is our GEMV itself. The
+# profile of the eager step on the code before the two-launch layer
+# (`--preset 2b4t_size --profile --tokens 100`, at 2.19x) gives, per token,
+# 0.79 ms in the packed layers, 0.16 ms in attention and 0.02 ms in everything
+# else; babyGPT spends 1.51 ms in cuBLAS:
 
 # %%
 from babybitnet.experiments.bench import profile_table
@@ -687,8 +702,10 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # %% [markdown]
 # 2.4 billion weights are 590 MB at 2 bits: 0.79 ms is 0.75 TB/s (a lower bound,
 # since with PDL a kernel's time includes its wait for the one before), where
-# cuBLAS reads the 4.7 GB of bf16 weights at 3.1 TB/s. At cuBLAS's bandwidth our
-# layers would take 0.19 ms and the packed model would pass 3x. So the next step
+# cuBLAS reads the 4.7 GB of bf16 weights at 3.1 TB/s. The two-launch layer
+# brought the packed layers to about 0.64 ms per token (30 times the four
+# chosen kernels' times in the tuning file above), 0.92 TB/s. At cuBLAS's
+# bandwidth our layers would take 0.19 ms and the packed model would pass 3x. So the next step
 # is a GEMV that keeps more loads in flight (the Nsight Compute profile above:
 # compute mostly idle, too few loads in flight to cover memory's latency). The packed and unpacked models may pick
 # different tokens in bf16: with random weights the logits are nearly tied, and
@@ -697,9 +714,10 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 #
 # The one-launch kernel, `babybitnet.kernels.triton_bitlinear`, quantizes the
 # activations inside the GEMV (every program redoes it for its rows, and with a
-# norm normalises them too): one launch per layer instead of two or three. Since
-# it reads its inputs in contiguous blocks it wins at every shape of the tables
-# here at batch 1, long rows included; the tuner below times it with the others.
+# norm normalises them too): one launch per layer instead of two. Timed alone,
+# it wins at every shape of the tables here at batch 1, long rows included;
+# in a decode step, where the two launches overlap, the two-launch layer wins
+# at 2B4T's wider shapes. The tuner below times both, back to back.
 #
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and
