@@ -226,7 +226,7 @@ def tuned_choice(
     if tune and residual is not None:
         r_t = torch.randn(m_t, n, device=x.device, dtype=x.dtype)
     packs = [packed]  # copies of the weights that together overflow the L2 cache: timed cold, as in a model
-    if tune and x.is_cuda and TUNER.lookup(key) is None:
+    if tune and TUNER.lookup(key) is None:
         copies = tuning.weight_copies(packed.numel(), tuning.l2_bytes(x.device))
         packs += [packed.clone() for _ in range(copies - 1)]
 

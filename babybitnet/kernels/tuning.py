@@ -80,7 +80,10 @@ def tuning_enabled() -> bool:
 
 # ---------------------------------------------------------------- timing
 def l2_bytes(device: torch.device | None = None) -> int:
-    """The L2 cache of a CUDA GPU (default: the current one), in bytes (50 MiB if torch does not say)."""
+    """The L2 cache of a CUDA GPU (None: the current one), in bytes; 50 MiB if torch does not say or
+    ``device`` is not a CUDA device (the tests drive the tuner with CPU tensors)."""
+    if device is not None and device.type != "cuda":
+        return 50 * 2**20
     index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
     return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
 

@@ -261,6 +261,30 @@ def test_tuned_choice_tunes_once_per_bucket(tuner, monkeypatch):
     assert "packed_linear+norm|N=8|K=64|M=17-32|GPU" in json.loads(tuner.file().read_text())["entries"]
 
 
+def test_each_call_of_a_timed_candidate_reads_another_copy_of_the_weights(tuner, monkeypatch):
+    # cold weights, as in a model: the calls of one timing cycle through copies that add up to twice the L2
+    monkeypatch.setattr(dispatch, "candidates", _small_candidates)
+    x, packed = torch.randn(20, 64, device=DEVICE), pack_2bit(torch.ones(8, 64, dtype=torch.int8)).to(DEVICE)
+    monkeypatch.setattr(tuning, "l2_bytes", lambda device=None: 4 * packed.numel())  # -> 8 copies
+    seen: list[int] = []
+    run = dispatch.run_candidate
+    monkeypatch.setattr(dispatch, "run_candidate", lambda nm, x, w, *a: seen.append(w.data_ptr()) or run(nm, x, w, *a))
+    copies: dict[str, int] = {}
+
+    def timer(name, fn):
+        seen.clear()
+        for _ in range(16):
+            fn()
+        copies[name] = len(set(seen))
+        return {"bf16": 1.0}.get(name, 2.0)
+
+    tuner.timer = timer
+    assert dispatch.tuned_choice(x, packed, torch.ones(1, device=DEVICE), 64, "GPU", capturing=False) == "bf16"
+    assert copies == dict.fromkeys(_small_candidates(32, 8, 64), 8)
+    assert tuning.weight_copies(100, 1000) == 20 and tuning.weight_copies(10**9, 1000) == 1
+    assert tuning.weight_copies(1, 10**9) == tuning.MOST_COPIES
+
+
 def test_capture_never_tunes(tuner, monkeypatch):
     """While a CUDA graph is captured: the stored choice, else the default, and nothing is timed or memoized."""
     monkeypatch.setattr(dispatch, "candidates", _small_candidates)
