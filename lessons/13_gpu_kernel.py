@@ -738,7 +738,9 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # depends on the shape and the batch, and the crossover moves with the GPU,
 # so the package does not guess: `babybitnet.kernels.tuning` times the
 # candidates (each kernel with the tile configs that won somewhere on an H200)
-# the first time a shape is seen and stores the winner
+# the first time a shape is seen, as a decode step runs them (many calls back
+# to back in a CUDA graph, each reading its own copy of the weights, together
+# twice the L2 cache), and stores the winner
 # (`~/.cache/babybitnet/tuning.json`). `python -m babybitnet bench kernel`
 # times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16,
 # `torch._int_mm` and, with `--peers`, the ternary layers of gemlite (a pip
