@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from babybitnet.atomic import write_json
 
@@ -192,11 +193,14 @@ class Tuner:
         """Time every candidate, keep the fastest for ``key`` (memory and file) and return it.
 
         A candidate that raises (a tile config too big for this GPU's shared memory) or whose
-        output differs from the default's is skipped with a warning.
+        output differs from the default's is skipped with a warning. A progress bar says what is being
+        timed: the first use of a shape compiles every candidate (about a second each), once.
         """
         ref = candidates[default]()
         us: dict[str, float] = {}
-        for name, fn in candidates.items():
+        what = key.rsplit("|", 1)[0]  # without the device's name
+        bar = tqdm(candidates.items(), desc=f"tuning {what} (once: the choice is cached)", unit="kernel", leave=False)
+        for name, fn in bar:
             try:
                 if name != default and not _close(fn(), ref):
                     warnings.warn(f"tuning {key}: {name} gives a wrong result, skipped", stacklevel=2)
