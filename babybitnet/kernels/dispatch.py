@@ -28,7 +28,7 @@ do it in their store, the others in torch after them; each combination is tuned 
 
 Without tuning (Triton's interpreter, CPU tensors, ``BABYBITNET_TUNE=0``) a fixed default
 (:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048
-(or with a norm to fuse), else dp4a; more tokens -> mma. While a CUDA graph is captured, nothing
+(with or without a norm to fuse), else dp4a; more tokens -> mma. While a CUDA graph is captured, nothing
 is timed: the stored choice, else the default.
 """
 
@@ -81,19 +81,20 @@ def _name(kind: str, config: tuple[int, ...]) -> str:
     return f"{kind}:{','.join(map(str, config))}"
 
 
-def default_candidate(m: int, k: int, norm: bool = False) -> str:
-    """The candidate that runs without tuning, for ``m`` tokens and ``k`` inputs (``norm``: an RMSNorm first)."""
+def default_candidate(m: int, k: int) -> str:
+    """The candidate that runs without tuning, for ``m`` tokens and ``k`` inputs (with or without an RMSNorm
+    first: the one-launch kernel and the dp4a path's quantizer both apply it)."""
     if k % 16:
         return "gemv"
     if m <= MAX_BLOCK_M:
-        one_launch = k <= ONE_LAUNCH_MAX_K or norm  # a norm to fuse saves a launch of its own
-        return _name("bitlinear", BITLINEAR_DEFAULT) if one_launch else _name("dp4a", DP4A_DEFAULT)
+        return _name("bitlinear", BITLINEAR_DEFAULT) if k <= ONE_LAUNCH_MAX_K else _name("dp4a", DP4A_DEFAULT)
     return _name("mma", MMA_DEFAULT)
 
 
-def candidates(m: int, n: int, k: int, norm: bool = False) -> list[str]:
-    """The names of the candidates the tuner times for ``m`` tokens (a bucket's edge) and W (n, k)."""
-    names = [default_candidate(m, k, norm)]
+def candidates(m: int, n: int, k: int) -> list[str]:
+    """The names of the candidates the tuner times for ``m`` tokens (a bucket's edge) and W (n, k); the same
+    with a norm to fuse (each candidate applies it, in its kernel or in torch first)."""
+    names = [default_candidate(m, k)]
     if k % 16 == 0:
         if m <= MAX_BLOCK_M:
             names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
@@ -190,7 +191,7 @@ def choice(
     """The candidate :func:`packed_linear` runs for these inputs, tuning its shape first where it may."""
     norm = norm_weight is not None
     if x.shape[0] == 0 or not x.is_cuda or interpreted():
-        return default_candidate(max(x.shape[0], 1), k, norm)
+        return default_candidate(max(x.shape[0], 1), k)
     name = _memo.get(_memo_key(x, packed, k, norm, activation, residual))
     if name is not None:  # the fast path of every call after the first
         return name
@@ -219,7 +220,7 @@ def tuned_choice(
         return name
     m_t = tuning.bucket_m(m)
     key = tuning.tuning_key(kernel_name(norm, activation, residual is not None), n, k, m_t, device)
-    default = default_candidate(m_t, k, norm)
+    default = default_candidate(m_t, k)
     tune = tuning.tuning_enabled() and not capturing
     x_t = torch.randn(m_t, k, device=x.device, dtype=x.dtype) if tune else x  # each bucket timed at its edge
     r_t = residual
@@ -234,7 +235,7 @@ def tuned_choice(
         turn = itertools.cycle(packs)  # each call of the candidate reads the next copy
         return lambda: run_candidate(nm, x_t, next(turn), scale, k, norm_weight, norm_eps, activation, r_t)
 
-    fns = {nm: candidate(nm) for nm in candidates(m_t, n, k, norm)}
+    fns = {nm: candidate(nm) for nm in candidates(m_t, n, k)}
     name = TUNER.choose(key, fns, default, tune=tune)
     if not capturing or name != default:
         _memo[memo_key] = name  # settled (a default taken during a capture may still be tuned after it)

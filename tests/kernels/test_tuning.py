@@ -185,12 +185,11 @@ def test_candidates_and_defaults():
     assert not any(n.startswith(("dp4a", "bitlinear")) for n in dispatch.candidates(256, 64, 64))
 
 
-def test_a_norm_to_fuse_prefers_the_one_launch_kernel():
-    # untuned, a layer with a norm to fuse takes the one-launch kernel (one launch, not two) at any K
-    assert dispatch.default_candidate(1, 4096).startswith("dp4a:")
-    assert dispatch.default_candidate(1, 4096, norm=True).startswith("bitlinear:")
-    assert dispatch.default_candidate(17, 4096, norm=True).startswith("mma:")
-    assert dispatch.candidates(1, 2560, 4096, norm=True)[0].startswith("bitlinear:")
+def test_a_norm_to_fuse_keeps_both_gemv_paths_among_the_candidates():
+    # both the one-launch kernel and the dp4a path's quantizer apply the norm: the tuner times both
+    names = dispatch.candidates(1, 2560, 4096)
+    assert names[0] == dispatch.default_candidate(1, 4096) == "dp4a:" + ",".join(map(str, dispatch.DP4A_DEFAULT))
+    assert any(n.startswith("bitlinear:") for n in names) and any(n.startswith("dp4a:") for n in names)
 
 
 @pytest.mark.parametrize("name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "bf16"])
@@ -239,8 +238,8 @@ def test_interpreter_and_cpu_take_the_fixed_default(tuner):
     assert not tuner.file().exists()
 
 
-def _small_candidates(m, n, k, norm=False):
-    return [dispatch.default_candidate(m, k, norm), "bf16", "mma:16,16,128,1,1"]
+def _small_candidates(m, n, k):
+    return [dispatch.default_candidate(m, k), "bf16", "mma:16,16,128,1,1"]
 
 
 def test_tuned_choice_tunes_once_per_bucket(tuner, monkeypatch):
