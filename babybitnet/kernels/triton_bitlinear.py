@@ -54,6 +54,7 @@ from babybitnet.kernels.triton_dp4a import (
     dp4a,
     load_inputs,
     load_words,
+    rms_normed,
     round_to_int,
 )
 from babybitnet.quant import EPS, check_weight_groups
@@ -164,14 +165,14 @@ if triton is not None:
         v0 = x0.to(tl.float32)
         r = tl.full((BLOCK_M,), 1.0, dtype=tl.float32)
         if NORM:
-            g0 = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            g0 = tl.load(g_ptr + k, mask=k < K, other=0.0)
             sumsq = tl.sum(v0 * v0, axis=1)
             for k0 in range(BLOCK_K, K, BLOCK_K):  # the rest of x, if any
                 kk = k0 + tl.arange(0, BLOCK_K)
                 v = load_inputs(x_rows, kk[None, :], m_ok[:, None] & (kk < K)[None, :], g_ptr, r[:, None], False)
                 sumsq += tl.sum(v * v, axis=1)
             r = tl.math.rsqrt(sumsq / K + norm_eps)
-            v0 = ((v0 * r[:, None]) * g0[None, :]).to(x0.dtype).to(tl.float32)  # as load_inputs normalises
+            v0 = rms_normed(x0, r[:, None], g0[None, :])
         amax = tl.max(tl.abs(v0), axis=1)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)

@@ -114,15 +114,18 @@ if triton is not None:
         return words
 
     @triton.jit
+    def rms_normed(x, r, g):
+        """The RMSNorm of inputs ``x`` (in their own dtype): ``(x * r) * g`` in float32 (r = 1 / rms of the
+        token, g the norm's weight), rounded to x's dtype as torch's norm returns it, as float32."""
+        return ((x.to(tl.float32) * r) * g.to(tl.float32)).to(x.dtype).to(tl.float32)
+
+    @triton.jit
     def load_inputs(x_rows, k, ok, g_ptr, r, NORM: tl.constexpr):
-        """The layer's inputs at positions ``k`` as float32: x itself, or with NORM the RMSNorm of x,
-        ``(x * r) * g[k]`` (r = 1 / rms of the token), rounded to x's dtype as torch's norm returns it."""
+        """The layer's inputs at positions ``k`` as float32: x itself, or with NORM :func:`rms_normed` x."""
         x = tl.load(x_rows + k, mask=ok, other=0.0)
-        v = x.to(tl.float32)
         if NORM:
-            g = tl.load(g_ptr + k, mask=ok, other=0.0).to(tl.float32)
-            v = ((v * r) * g).to(x.dtype).to(tl.float32)
-        return v
+            return rms_normed(x, r, tl.load(g_ptr + k, mask=ok, other=0.0))
+        return x.to(tl.float32)
 
     @triton.jit
     def dp4a_step(
@@ -219,9 +222,9 @@ if triton is not None:
         if KW <= BLOCK_W:  # the whole row in one block
             x = tl.load(x_row + at, mask=at < K, other=0.0)
             v = x.to(tl.float32)
-            if NORM:  # as load_inputs normalises, with the sum of squares in float32 as torch's RMSNorm
+            if NORM:  # the sum of squares in float32, as torch's RMSNorm
                 r = tl.math.rsqrt(tl.sum(v * v) / K + norm_eps)
-                v = ((v * r) * tl.load(g_ptr + at, mask=at < K, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
+                v = rms_normed(x, r, tl.load(g_ptr + at, mask=at < K, other=0.0))
             s = tl.math.div_rn(1.0, tl.maximum(tl.max(tl.abs(v)), eps)) * 127.0  # as torch: reciprocal, product
             store_words(v * s, xw_ptr + row * (K // 4), 0, KW, USE_ASM)
         else:  # block by block: the sum of squares, the largest |x|, then the words
@@ -252,7 +255,7 @@ if triton is not None:
         tl.store(xw_row + jq, word, mask=(q < KW)[:, None])
 
 else:
-    dp4a = round_to_int = load_words = load_inputs = dp4a_step = ternary_gemv_dp4a_kernel = None
+    dp4a = round_to_int = load_words = rms_normed = load_inputs = dp4a_step = ternary_gemv_dp4a_kernel = None
     quantize_words_kernel = store_words = None
 
 

@@ -42,6 +42,7 @@ from babybitnet.atomic import write_json
 M_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)  # upper edges: 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256
 VERSION = 3  # of the candidates' code and the timing: a new version ignores the entries of older files
 MOST_COPIES = 64  # weight copies per timing at most (and calls per timed graph)
+DEFAULT_L2 = 50 * 2**20  # bytes, where torch does not say (an H100's L2 is 50 MiB)
 Timer = Callable[[str, Callable[[], object]], float]  # (candidate's name, its call) -> microseconds per call
 
 
@@ -84,9 +85,9 @@ def l2_bytes(device: torch.device | None = None) -> int:
     """The L2 cache of a CUDA GPU (None: the current one), in bytes; 50 MiB if torch does not say or
     ``device`` is not a CUDA device (the tests drive the tuner with CPU tensors)."""
     if device is not None and device.type != "cuda":
-        return 50 * 2**20
+        return DEFAULT_L2
     index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
-    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
+    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", DEFAULT_L2)
 
 
 def weight_copies(nbytes: int, l2: int, most: int = MOST_COPIES) -> int:
