@@ -598,7 +598,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "--profile",
         action="store_true",
         help="one more generation per model, to say where a token goes: on the CPU ms per token by kind of module "
-        "(forward hooks); on CUDA GPU ms per token by kind of kernel (torch.profiler, the eager step)",
+        "(forward hooks); on CUDA GPU ms per token by kind of kernel (torch.profiler over the graph-captured "
+        "generation: each kernel's share of the critical path)",
     )
     _add_json_out(p, "runs/bench_generate.json")
 
@@ -696,7 +697,7 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     if args.profile:
         print(f"\n{profile_table(r)}")
         for name, top in r.get("top_kernels", {}).items():
-            print(f"\n{name}: the longest kernels (ms per token, calls per token)")
+            print(f"\n{name}: the longest kernels (ms per token on the critical path, calls per token)")
             for kernel, ms, calls in top:
                 print(f"  {ms:8.4f}  {calls:6.1f}  {kernel}")
     write_results(args.out, r)

@@ -235,6 +235,18 @@ def test_kernel_kinds():
     assert {name: kernel_kind(name) for name in kinds} == kinds
 
 
+def test_critical_path_counts_each_kernel_once_where_kernels_overlap():
+    from babybitnet.experiments.bench import critical_path
+
+    # a (0-4); b starts inside a and ends after it (PDL): 4-7; c inside b: nothing; a gap 7-10; a again 10-12
+    kernels = [("b", 2.0, 7.0), ("a", 0.0, 4.0), ("c", 3.0, 6.0), ("a", 10.0, 12.0)]
+    per_kernel, idle = critical_path(kernels)
+    assert per_kernel == {"a": [6.0, 6.0, 2], "b": [3.0, 5.0, 1], "c": [0.0, 3.0, 1]}
+    assert idle == 3.0  # 7 to 10: nothing ran
+    assert sum(v[0] for v in per_kernel.values()) + idle == 12.0  # the span, first start to last end
+    assert critical_path([]) == ({}, 0.0)
+
+
 def test_first_difference_counts_the_shared_new_tokens():
     from babybitnet.experiments.bench import first_difference
 

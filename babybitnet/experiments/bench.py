@@ -135,7 +135,8 @@ def bench_generate(
     run, the same for every model (None: leave torch's setting); the old value comes back after.
     ``profile``: one more generation per model, after the timed rounds, to say where a token's time
     goes. On the CPU under :func:`module_profile` (ms per token by kind of module); on a GPU under
-    :func:`kernel_profile` (GPU ms per token by kind of kernel, from ``torch.profiler``).
+    :func:`kernel_profile` (GPU ms per token by kind of kernel on the critical path, from ``torch.profiler``
+    over the graph-captured generation).
     """
     dev = resolve_device(device)
     if profile and dev.type not in ("cpu", "cuda"):
@@ -215,11 +216,10 @@ def _bench_generate(
         }
     block_size = gpt.config.block_size
     profiles, top_kernels = {}, {}
-    if profile and dev.type == "cuda":  # kernels traced one by one: the eager step, not the graph
+    if profile and dev.type == "cuda":  # the kernels of the replayed graphs, as in the timed rounds
         steps = min(tokens, block_size - idx.shape[1]) + idx.shape[1] - 1  # decode steps, prompt included
-        for name, model in models.items():
-            run_eager = lambda model=model: decode.generate(model, idx, tokens, graph=False, compile=compile)  # noqa: E731
-            profiles[name], top_kernels[name] = kernel_profile(run_eager, steps)
+        for name in models:
+            profiles[name], top_kernels[name] = kernel_profile(lambda name=name: run(name), steps)
     elif profile:  # after the timed rounds: the hooks slow every module call down a little
         for name, model in models.items():
             seconds = module_profile(model, lambda name=name: run(name))
@@ -275,7 +275,7 @@ def first_difference(a: torch.Tensor, b: torch.Tensor, prompt: int) -> int | Non
 
 PROFILE_METHODS = {
     "cpu": "self time per kind of module, forward hooks",
-    "cuda": "GPU time per kind of kernel, torch.profiler over the eager decode step (no CUDA graph)",
+    "cuda": "GPU time per kind of kernel on the critical path, torch.profiler over the graph-captured generation",
 }
 
 
@@ -295,12 +295,40 @@ def kernel_kind(name: str) -> str:
     return "other (norms, elementwise)"
 
 
+def critical_path(kernels: list[tuple[str, float, float]]) -> tuple[dict[str, list[float]], float]:
+    """Each kernel's share of the GPU's busy time, from (name, start, end) intervals in any order.
+
+    Kernels overlap (with PDL a kernel starts while the one before finishes, and waits), so their
+    durations add up to more than the time they took. Walking them by start time, each kernel counts
+    only the time by which it extends the busy span so far: a kernel that ends inside another counts
+    nothing, one that starts during another counts from where that one ends. The shares add up to the
+    union of the intervals. Returns ({name: [share, busy (its own duration), calls]}, idle): idle is
+    the time between the first start and the last end when no kernel ran (the GPU waiting for the host).
+    """
+    per_kernel: dict[str, list[float]] = {}
+    if not kernels:
+        return per_kernel, 0.0
+    ordered = sorted(kernels, key=lambda k: k[1])
+    first, end, union = ordered[0][1], ordered[0][1], 0.0
+    for name, t0, t1 in ordered:
+        share = max(0.0, t1 - max(end, t0))
+        union += share
+        end = max(end, t1)
+        total = per_kernel.setdefault(name, [0.0, 0.0, 0])
+        total[0] += share
+        total[1] += t1 - t0
+        total[2] += 1
+    return per_kernel, (end - first) - union
+
+
 def kernel_profile(run: Callable[[], object], steps: int) -> tuple[dict[str, float], dict[str, list]]:
     """GPU milliseconds per decode step of ``run()`` by kind of kernel (:func:`kernel_kind`), and the top kernels.
 
-    The sum is the GPU's busy time, not the wall time: launched one by one from Python, a step also
-    waits between kernels, which a CUDA graph removes. The top kernels: (name, ms per step, calls per
-    step) for the 25 that took longest in all.
+    ``run`` is the graph-captured generation: ``torch.profiler`` sees each kernel of the replayed
+    graphs. A kind's time is its kernels' share of the critical path (:func:`critical_path`), so the
+    kinds add up to the GPU's time per step; "GPU idle" is what it spent waiting for the host between
+    graphs. The top kernels: (name, ms per step on the critical path, calls per step) for the 25 that
+    took longest in all.
     """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -309,22 +337,23 @@ def kernel_profile(run: Callable[[], object], steps: int) -> tuple[dict[str, flo
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    per_kernel: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            total = per_kernel.setdefault(e.name, [0.0, 0])
-            total[0] += e.time_range.elapsed_us() / 1000 / steps
-            total[1] += 1
+    kernels = [
+        (e.name, e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    ]
+    per_kernel, idle = critical_path(kernels)
     kinds: dict[str, float] = {}
-    for name, (ms, _) in per_kernel.items():
+    for name, (us, _, _) in per_kernel.items():
         kind = kernel_kind(name)
-        kinds[kind] = kinds.get(kind, 0.0) + ms
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1000 / steps
+    kinds = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+    kinds[IDLE] = idle / 1000 / steps
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
-    return (
-        dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
-        [[name[:120], ms, calls / steps] for name, (ms, calls) in top],
-    )
+    return kinds, [[name[:120], us / 1000 / steps, calls / steps] for name, (us, _, calls) in top]
 
+
+IDLE = "GPU idle"  # kernel_profile's name for the time between kernels
 
 OUTSIDE = "(outside any module)"  # module_profile's name for the time not spent in a module's forward
 
