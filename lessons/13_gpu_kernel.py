@@ -565,11 +565,11 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 
 # %% [markdown]
 # The packed babyBitNet is much faster than the unpacked one (which
-# quantizes all its weights in every step) and faster than babyGPT: 1.80x at
-# nanoGPT's size, 2.63x at 2B4T's. Five changes got it there, each found by
+# quantizes all its weights in every step) and faster than babyGPT: 1.81x at
+# nanoGPT's size, 2.68x at 2B4T's. Five changes got it there, each found by
 # asking where a token's GPU time goes (`bench generate --device cuda --profile`
-# adds up the kernels of the eager step with `torch.profiler`; Nsight Compute
-# looks inside one kernel):
+# adds up the kernels of the replayed graphs with `torch.profiler`; Nsight
+# Compute looks inside one kernel):
 #
 # - the kernels read the weight scales as they are stored; before, every call
 #   first expanded them to one float32 scale per row, two tiny copy kernels per
@@ -688,11 +688,12 @@ show_markdown(generate_table(measured("bench_generate_compile")))
 show_markdown(generate_table(measured("bench_generate_2b4t_size_compile")))
 
 # %% [markdown]
-# What limits the packed model at 2B4T's size is our GEMV itself. The
-# profile of the eager step on the code before the two-launch layer
-# (`--preset 2b4t_size --profile --tokens 100`, at 2.19x) gives, per token,
-# 0.79 ms in the packed layers, 0.16 ms in attention and 0.02 ms in everything
-# else; babyGPT spends 1.51 ms in cuBLAS:
+# What limits the packed model at 2B4T's size is the chain of our kernels.
+# The profile (`--preset 2b4t_size --profile --tokens 100`) traces the
+# replayed graphs with `torch.profiler` and counts each kernel by how much it
+# extends the GPU's busy time: under PDL a kernel starts before the one before
+# it ends, and their durations overlap, so adding them up would count the
+# overlap twice. Per step, in ms:
 
 # %%
 from babybitnet.experiments.bench import profile_table
@@ -700,17 +701,20 @@ from babybitnet.experiments.bench import profile_table
 show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 
 # %% [markdown]
-# 2.4 billion weights are 590 MB at 2 bits: 0.79 ms is 0.75 TB/s (a lower bound,
-# since with PDL a kernel's time includes its wait for the one before), where
-# cuBLAS reads the 4.7 GB of bf16 weights at 3.1 TB/s. The two-launch layer
-# brought the packed layers to about 0.64 ms per token (30 times the four
-# chosen kernels' times in the tuning file above), 0.92 TB/s. At cuBLAS's
-# bandwidth our layers would take 0.19 ms and the packed model would pass 3x. So the next step
-# is a GEMV that keeps more loads in flight (the Nsight Compute profile above:
-# compute mostly idle, too few loads in flight to cover memory's latency). The packed and unpacked models may pick
-# different tokens in bf16: with random weights the logits are nearly tied, and
-# the kernel rounds the rescale in a different order (in float32 they agree:
-# `tests/test_decode.py`).
+# 2.4 billion weights are 590 MB at 2 bits: the packed layers' 0.65 ms read
+# them at 0.9 TB/s, where cuBLAS reads the 4.7 GB of bf16 weights at 3.1 TB/s.
+# But a packed block is a chain of eight kernels of a few µs each (a dp4a GEMV
+# about 4 µs, a quantizer about 2 µs: the top kernels' times over their 90 calls
+# per step, `bench_generate_2b4t_size_profile.json`), mostly the wait for the
+# kernel before and memory's latency, not bandwidth: in trials on the H200 (not
+# shipped), prefetching up to all of a program's weights before its PDL wait,
+# and dozens of other tile shapes, were no faster than the tuner's choices. The
+# next steps are fewer kernels in the chain (the quantizer's work done by the
+# kernel that produces its input) or one persistent kernel per layer.
+#
+# The packed and unpacked models may pick different tokens in bf16: with
+# random weights the logits are nearly tied, and the kernel rounds the rescale
+# in a different order (in float32 they agree: `tests/test_decode.py`).
 #
 # The one-launch kernel, `babybitnet.kernels.triton_bitlinear`, quantizes the
 # activations inside the GEMV (every program redoes it for its rows, and with a

@@ -620,11 +620,12 @@ plt.show()
 #   real compute), are untried.
 # - **Faster end to end on a GPU.** Generation captures each decode step in a
 #   CUDA graph with attention in one kernel per layer (lesson 13), and packed
-#   babyBitNet is 1.80x babyGPT's tokens per second at nanoGPT's size and 2.63x
+#   babyBitNet is 1.81x babyGPT's tokens per second at nanoGPT's size and 2.68x
 #   at BitNet b1.58 2B4T's, where the BitNet team reports about 3x. At 2B4T's
-#   size our GEMV reads the packed weights at under a third of cuBLAS's
-#   bandwidth (lesson 13), and a GEMV that keeps more loads in flight would
-#   pass 3x.
+#   size a packed block is a chain of eight kernels of a few µs each, which
+#   read the packed weights at under a third of cuBLAS's bandwidth (lesson 13):
+#   fewer kernels per block (the quantizer's work done by the kernel before it)
+#   or one persistent kernel per layer would pass 3x.
 # - **DDP where it pays.** We measured one size, without `torch.compile`; the
 #   crossover where two GPUs beat one (larger batch, larger model, compiled)
 #   is not measured.
