@@ -35,7 +35,7 @@ is timed: the stored choice, else the default.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -226,14 +226,25 @@ def tuned_choice(
     r_t = residual
     if tune and residual is not None:
         r_t = torch.randn(m_t, n, device=x.device, dtype=x.dtype)
-    packs = [packed]  # copies of the weights that together overflow the L2 cache: timed cold, as in a model
-    if tune and TUNER.lookup(key) is None:
-        copies = tuning.weight_copies(packed.numel(), tuning.l2_bytes(x.device))
-        packs += [packed.clone() for _ in range(copies - 1)]
+    packs: list[torch.Tensor] = []  # copies of the weights that together overflow the L2 cache: timed cold,
+    # as in a model; made by the first call of a candidate, so only when the tuner times them
+
+    def copies() -> Iterator[torch.Tensor]:
+        if not packs:
+            n = tuning.weight_copies(packed.numel(), tuning.l2_bytes(x.device))
+            packs.extend([packed] + [packed.clone() for _ in range(n - 1)])
+        return itertools.cycle(packs)
 
     def candidate(nm: str) -> Callable[[], torch.Tensor]:
-        turn = itertools.cycle(packs)  # each call of the candidate reads the next copy
-        return lambda: run_candidate(nm, x_t, next(turn), scale, k, norm_weight, norm_eps, activation, r_t)
+        turn: Iterator[torch.Tensor] | None = None
+
+        def call() -> torch.Tensor:  # each call of the candidate reads the next copy
+            nonlocal turn
+            if turn is None:
+                turn = copies()
+            return run_candidate(nm, x_t, next(turn), scale, k, norm_weight, norm_eps, activation, r_t)
+
+        return call
 
     fns = {nm: candidate(nm) for nm in candidates(m_t, n, k)}
     name = TUNER.choose(key, fns, default, tune=tune)

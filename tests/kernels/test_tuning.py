@@ -281,8 +281,14 @@ def test_each_call_of_a_timed_candidate_reads_another_copy_of_the_weights(tuner,
     tuner.timer = timer
     assert dispatch.tuned_choice(x, packed, torch.ones(1, device=DEVICE), 64, "GPU", capturing=False) == "bf16"
     assert copies == dict.fromkeys(two(32, 8, 64), 4)
-    assert tuning.weight_copies(100, 1000) == 20 and tuning.weight_copies(10**9, 1000) == 1
-    assert tuning.weight_copies(1, 10**9) == tuning.MOST_COPIES
+    weight_copies, clones = tuning.weight_copies, []
+    assert weight_copies(100, 1000) == 20 and weight_copies(10**9, 1000) == 1
+    assert weight_copies(1, 10**9) == tuning.MOST_COPIES
+    # a choice already stored: nothing is timed, and no copy of the weights is made
+    monkeypatch.setattr(tuning, "weight_copies", lambda *a, **kw: clones.append(1) or 4)
+    dispatch._memo.clear()
+    assert dispatch.tuned_choice(x, packed, torch.ones(1, device=DEVICE), 64, "GPU", capturing=False) == "bf16"
+    assert clones == []
 
 
 def test_capture_never_tunes(tuner, monkeypatch):
