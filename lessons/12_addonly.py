@@ -556,12 +556,10 @@ for preset in ("nanogpt", "seed"):
 # is what both models share (attention, Python calling modules), and with a
 # 32-character context most steps recompute a whole window of 32 tokens, where
 # the float library's matmul is as fast as ours. There the packed model is
-# 1.25x to 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
-# machine's speed varies from run to run: compare the ratios, not the tokens/s).
-# The same commands on another 2-core machine, an Intel Xeon, after two later
-# changes: at width 64 the C++ kernel finishes two tokens' sums at once, and a
-# packed layer without gradients calls it with about half the Python
-# (`PackedBitLinear._cpu_decode`; the runs above predate both):
+# about 1.3x babyGPT, mostly thanks to the norms it no longer calls (this
+# machine's speed varies from round to round, so the seed's run takes the median
+# of 31: compare the ratios, not the tokens/s). The same commands on another
+# 2-core machine, an Intel Xeon, with the same code for the CPU:
 
 # %%
 for preset in ("nanogpt", "seed"):
