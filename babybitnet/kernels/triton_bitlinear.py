@@ -82,6 +82,12 @@ if triton is not None:
         t = tl.arange(0, 16)
         k = 16 * q[None, :, None] + t[None, None, :]  # (1, BLOCK_W, 16): input t = 4b + j of word q
         v = load_inputs(x_rows[:, :, None], k, m_ok[:, None, None] & (k < K), g_ptr, r[:, None, None], NORM)
+        return planes_of(v, s, BLOCK_M, BLOCK_W, USE_ASM)
+
+    @triton.jit
+    def planes_of(v, s, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, USE_ASM: tl.constexpr):
+        """(BLOCK_M, BLOCK_W, 16) float inputs (t = 4b + j of word q) and their (BLOCK_M,) scales -> the 4 planes
+        as int32 words, each (BLOCK_M, BLOCK_W): byte b of word q of plane j is round(v[..., q, 4b + j] * s)."""
         byte = round_to_int(tl.minimum(tl.maximum(v * s[:, None, None], -127.0), 127.0), USE_ASM) & 0xFF
         byte = tl.reshape(byte, (BLOCK_M, BLOCK_W, 4, 4))  # [..., b, j]
         b = tl.arange(0, 4)
@@ -200,12 +206,45 @@ if triton is not None:
         finish_tile(y, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, r_ptr, stride_rm, ACT, RESIDUAL, USE_ASM)
 
 else:
-    quantized_planes = plane_step = quantized_step = bitlinear_dp4a_kernel = None
+    quantized_planes = planes_of = plane_step = quantized_step = bitlinear_dp4a_kernel = None
 
 
 def scale_block(k: int, block_m: int, num_warps: int) -> int:
     """Inputs per read of the scale's pass: all K where they fit (SCALE_INPUTS_PER_WARP per warp, for all tokens)."""
     return min(max(16, SCALE_INPUTS_PER_WARP * num_warps // block_m), triton.next_power_of_2(k))
+
+
+def layer_output(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    k: int,
+    norm_weight: torch.Tensor | None,
+    activation: str,
+    residual: torch.Tensor | None,
+    max_m: int,
+    who: str,
+) -> tuple[torch.Tensor, bool]:
+    """Check the arguments of a one-launch layer (``who``, at most ``max_m`` tokens) and return its empty output
+    (M, N) in x's dtype, and whether that is already the answer (no tokens, no rows, or K = 0)."""
+    require_triton()
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[1] != k:
+        raise ValueError(
+            f"x must be a 2-D float tensor (M, K={k}), got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
+        )
+    m = x.shape[0]
+    if m > max_m:
+        raise ValueError(f"{who} takes at most {max_m} tokens (decode), got {m}; use dp4a_linear")
+    check_words_k(k)
+    check_packed_on(packed, k, x.device)
+    check_norm_weight(norm_weight, k, x.device)
+    y = torch.empty(m, packed.shape[0], dtype=x.dtype, device=x.device)
+    act_code(activation)  # a clear error for an unknown name
+    check_residual(residual, y)
+    if m == 0 or y.shape[1] == 0:
+        return y, True
+    if k == 0:
+        return epilogue(y.zero_(), activation, residual), True
+    return y, False
 
 
 def bitlinear_dp4a(
@@ -231,26 +270,12 @@ def bitlinear_dp4a(
     the activation and the residual add after a layer cost no kernels of their own either.
     No data-dependent checks: it never synchronizes, so a CUDA graph can capture it.
     """
-    require_triton()
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[1] != k:
-        raise ValueError(
-            f"x must be a 2-D float tensor (M, K={k}), got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
-        )
-    m = x.shape[0]
-    if m > MAX_BLOCK_M:
-        raise ValueError(f"bitlinear_dp4a takes at most {MAX_BLOCK_M} tokens (decode), got {m}; use dp4a_linear")
-    check_words_k(k)
-    check_packed_on(packed, k, x.device)
-    check_norm_weight(norm_weight, k, x.device)
-    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
-    n = packed.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    act = act_code(activation)
-    check_residual(residual, y)
-    if m == 0 or n == 0:
+    y, done = layer_output(x, packed, k, norm_weight, activation, residual, MAX_BLOCK_M, "bitlinear_dp4a")
+    if done:
         return y
-    if k == 0:
-        return epilogue(y.zero_(), activation, residual)
+    m, n = y.shape
+    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
+    act = act_code(activation)
     residual = None if residual is None else residual.contiguous()  # the kernel reads rows of unit stride
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)
     block_m = triton.next_power_of_2(m)
