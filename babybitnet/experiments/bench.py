@@ -303,7 +303,8 @@ def critical_path(kernels: list[tuple[str, float, float]]) -> tuple[dict[str, li
     only the time by which it extends the busy span so far: a kernel that ends inside another counts
     nothing, one that starts during another counts from where that one ends. The shares add up to the
     union of the intervals. Returns ({name: [share, busy (its own duration), calls]}, idle): idle is
-    the time between the first start and the last end when no kernel ran (the GPU waiting for the host).
+    the time between the first start and the last end when no kernel ran (gaps between kernels: a
+    launch not yet done, or the host not yet there).
     """
     per_kernel: dict[str, list[float]] = {}
     if not kernels:
@@ -326,9 +327,9 @@ def kernel_profile(run: Callable[[], object], steps: int) -> tuple[dict[str, flo
 
     ``run`` is the graph-captured generation: ``torch.profiler`` sees each kernel of the replayed
     graphs. A kind's time is its kernels' share of the critical path (:func:`critical_path`), so the
-    kinds add up to the GPU's time per step; "GPU idle" is what it spent waiting for the host between
-    graphs. The top kernels: (name, ms per step on the critical path, calls per step) for the 25 that
-    took longest in all.
+    kinds add up to the GPU's time per step; "GPU idle" is the gaps between kernels (inside a graph,
+    a kernel that waits to be launched; between graphs, the host). The top kernels: (name, ms per step on
+    the critical path, calls per step) for the 25 that took longest in all.
     """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
