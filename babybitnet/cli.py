@@ -597,9 +597,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="one more generation per model, to say where a token goes: on the CPU ms per token by kind of module "
-        "(forward hooks); on CUDA GPU ms per token by kind of kernel (torch.profiler over the graph-captured "
-        "generation: each kernel's share of the critical path)",
+        help="where a token's time goes, after the timed rounds: on the CPU ms per token by kind of module "
+        "(forward hooks, --repeats more interleaved rounds); on CUDA GPU ms per token by kind of kernel "
+        "(torch.profiler over the graph-captured generation: each kernel's share of the critical path)",
     )
     _add_json_out(p, "runs/bench_generate.json")
 

@@ -133,8 +133,9 @@ def bench_generate(
     Past ``block_size`` tokens generation drops the cache (see ``GPT.generate``):
     ``tokens_with_cache`` says how many steps had it. ``threads``: torch's CPU threads for the
     run, the same for every model (None: leave torch's setting); the old value comes back after.
-    ``profile``: one more generation per model, after the timed rounds, to say where a token's time
-    goes. On the CPU under :func:`module_profile` (ms per token by kind of module); on a GPU under
+    ``profile``: after the timed rounds, to say where a token's time goes: on the CPU ``repeats`` more
+    rounds, interleaved, under :func:`module_profile` (ms per token by kind of module); on a GPU one more
+    generation per model under
     :func:`kernel_profile` (GPU ms per token by kind of kernel on the critical path, from ``torch.profiler``
     over the graph-captured generation).
     """
@@ -221,9 +222,14 @@ def _bench_generate(
         for name in models:
             profiles[name], top_kernels[name] = kernel_profile(lambda name=name: run(name), steps)
     elif profile:  # after the timed rounds: the hooks slow every module call down a little
-        for name, model in models.items():
-            seconds = module_profile(model, lambda name=name: run(name))
-            profiles[name] = {kind: 1000 * t / tokens for kind, t in seconds.items()}  # ms per token
+        # interleaved rounds, as the timed ones: a machine whose speed drifts slows every model alike
+        seconds: dict[str, dict[str, float]] = {name: {} for name in models}
+        for _ in range(repeats):
+            for name, model in models.items():
+                for kind, t in module_profile(model, lambda name=name: run(name)).items():
+                    seconds[name][kind] = seconds[name].get(kind, 0.0) + t
+        for name, kinds in seconds.items():  # ms per token, the longest first
+            profiles[name] = {k: 1000 * t / (tokens * repeats) for k, t in sorted(kinds.items(), key=lambda kv: -kv[1])}
     return {
         "preset": preset,
         "machine": machine_info(dev),
