@@ -726,7 +726,7 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # per step, `bench_generate_2b4t_size_profile.json`), mostly the wait for the
 # kernel before and memory's latency, not bandwidth: in trials on the H200 (not
 # shipped), prefetching up to all of a program's weights before its PDL wait,
-# and dozens of other tile shapes, were no faster than the tuner's choices. The
+# and many other tile shapes, were no faster than the tuner's choices. The
 # next steps are fewer kernels in the chain (the quantizer's work done by the
 # kernel that produces its input) or one persistent kernel per layer.
 #

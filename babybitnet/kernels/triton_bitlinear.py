@@ -54,6 +54,7 @@ from babybitnet.kernels.triton_dp4a import (
     dp4a,
     load_inputs,
     load_words,
+    norm_eps_or_default,
     rms_normed,
     round_to_int,
 )
@@ -274,7 +275,7 @@ def bitlinear_dp4a(
     if done:
         return y
     m, n = y.shape
-    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
+    norm_eps = norm_eps_or_default(norm_eps, x.dtype)
     act = act_code(activation)
     residual = None if residual is None else residual.contiguous()  # the kernel reads rows of unit stride
     block_n, block_w, num_warps = check_config(config or DEFAULT_CONFIG)

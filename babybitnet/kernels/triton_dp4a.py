@@ -384,6 +384,11 @@ def check_norm_weight(norm_weight: torch.Tensor | None, k: int, device: torch.de
         )
 
 
+def norm_eps_or_default(norm_eps: float | None, dtype: torch.dtype) -> float:
+    """The RMSNorm's eps: ``norm_eps``, or None for nn.RMSNorm's default (the eps of the inputs' dtype)."""
+    return torch.finfo(dtype).eps if norm_eps is None else float(norm_eps)
+
+
 def quantize_words(
     x: torch.Tensor, eps: float = EPS, norm_weight: torch.Tensor | None = None, norm_eps: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,7 +405,7 @@ def quantize_words(
     m, k = x.shape
     check_words_k(k)
     check_norm_weight(norm_weight, k, x.device)
-    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
+    norm_eps = norm_eps_or_default(norm_eps, x.dtype)
     x = x.contiguous()
     words = torch.empty(m, k // 4, dtype=torch.int32, device=x.device)
     s_x = torch.empty(m, dtype=torch.float32, device=x.device)

@@ -35,7 +35,7 @@ from babybitnet.kernels.triton_common import (
     use_pdl,
 )
 from babybitnet.kernels.triton_common import triton as triton
-from babybitnet.kernels.triton_dp4a import QUANTIZE_BLOCK, as_words, load_words, rms_normed
+from babybitnet.kernels.triton_dp4a import QUANTIZE_BLOCK, as_words, load_words, norm_eps_or_default, rms_normed
 from babybitnet.quant import EPS, check_weight_groups
 
 MAX_K = QUANTIZE_BLOCK  # inputs held in registers at once, as the quantizer's one-block path
@@ -158,7 +158,7 @@ def persistent_bitlinear(
     n, kw = packed.shape[0], k // 16
     sms = INTERPRETER_SMS if interpreted() else torch.cuda.get_device_properties(x.device).multi_processor_count
     programs = min(triton.cdiv(n, block_n), per_sm * sms)
-    norm_eps = torch.finfo(x.dtype).eps if norm_eps is None else float(norm_eps)  # nn.RMSNorm's default
+    norm_eps = norm_eps_or_default(norm_eps, x.dtype)
     residual = None if residual is None else residual.contiguous()
     rows = check_weight_groups(s_w, n)
     x, w = x.contiguous(), as_words(packed)
