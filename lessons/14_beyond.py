@@ -625,7 +625,8 @@ plt.show()
 #   size a packed block is a chain of eight kernels of a few µs each, which
 #   read the packed weights at under a third of cuBLAS's bandwidth (lesson 13):
 #   fewer kernels per block (the quantizer's work done by the kernel before it)
-#   or one persistent kernel per layer would pass 3x.
+#   or one persistent kernel per layer are what is left to try (a first
+#   persistent kernel ran out of registers and was far slower).
 # - **DDP where it pays.** We measured one size, without `torch.compile`; the
 #   crossover where two GPUs beat one (larger batch, larger model, compiled)
 #   is not measured.

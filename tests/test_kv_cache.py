@@ -224,7 +224,6 @@ def test_kernel_kinds():
 
     kinds = {
         "bitlinear_dp4a_kernel": "packed linear (ours)",
-        "persistent_bitlinear_kernel": "packed linear (ours)",
         "ternary_gemv_dp4a_kernel": "packed linear (ours)",
         "quantize_words_kernel": "packed linear (ours)",
         "nvjet_sm90_tst_8x64_64x16_4x1_v_bz_TNN": "cuBLAS matmul",

@@ -288,7 +288,7 @@ PROFILE_METHODS = {
 def kernel_kind(name: str) -> str:
     """What a CUDA kernel of a decode step does, from its name (for :func:`kernel_profile`)."""
     n = name.lower()
-    if any(s in n for s in ("ternary_", "bitlinear_dp4a", "persistent_bitlinear", "quantize_words")):
+    if any(s in n for s in ("ternary_", "bitlinear_dp4a", "quantize_words")):
         return "packed linear (ours)"
     if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "softmax")):
         return "attention"

@@ -4,7 +4,6 @@
 - :mod:`babybitnet.kernels.triton_gemv`: a Triton GEMV over 2-bit packed weights (any K).
 - :mod:`babybitnet.kernels.triton_dp4a`: four weights per ``dp4a`` instruction (K a multiple of 16).
 - :mod:`babybitnet.kernels.triton_bitlinear`: quantizer, dp4a GEMV and rescale in one launch (decode).
-- :mod:`babybitnet.kernels.triton_persistent`: the same for one token, a few programs per SM (experimental).
 - :mod:`babybitnet.kernels.triton_attention`: one new token's cache write and attention in one launch (decode).
 - :mod:`babybitnet.kernels.triton_mma`: an int8 tensor-core GEMM for batches past 16.
 - :mod:`babybitnet.kernels.tuning`: the per-shape choice of kernel, timed once and cached.

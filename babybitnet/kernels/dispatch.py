@@ -50,8 +50,6 @@ from babybitnet.kernels.triton_gemv import triton_packed_linear
 from babybitnet.kernels.triton_mma import CONFIGS as MMA_CONFIGS
 from babybitnet.kernels.triton_mma import DEFAULT_CONFIG as MMA_DEFAULT
 from babybitnet.kernels.triton_mma import mma_linear
-from babybitnet.kernels.triton_persistent import offered as persistent_offered
-from babybitnet.kernels.triton_persistent import persistent_bitlinear
 from babybitnet.packing import unpack_2bit
 from babybitnet.quant import quantize_activations, row_scales
 
@@ -73,9 +71,6 @@ FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) 
 # 2B4T shapes at batch 1, timed back to back as in a decode step (session 11's A/B on the H200).
 TUNE_BITLINEAR = ((4, 32, 1), (8, 64, 2), (16, 32, 4), (16, 64, 4), (8, 256, 8), (32, 32, 8))
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
-# The persistent kernel (one token; BLOCK_N, programs per SM, num_warps): not yet timed on a GPU, so only
-# tried where BABYBITNET_PERSISTENT=1 asks for it (triton_persistent.offered)
-TUNE_PERSISTENT = ((8, 2, 4), (32, 1, 8))
 TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
 
 TUNER = tuning.Tuner()  # the process's choices; tests swap it for one with a temporary file and a fake timer
@@ -105,8 +100,6 @@ def candidates(m: int, n: int, k: int) -> list[str]:
             names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
         if m <= DP4A_MAX_M:
             names += [_name("dp4a", c) for c in TUNE_DP4A]
-        if m == 1 and persistent_offered(k):
-            names += [_name("persistent", c) for c in TUNE_PERSISTENT]
         if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
             mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]
             names += [_name("mma", c) for c in mma]
@@ -159,8 +152,6 @@ def run_candidate(
         return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
     if kind == "dp4a":  # the norm in the quantizer kernel, the epilogue in the GEMV's store
         return dp4a_linear(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
-    if kind == "persistent":
-        return persistent_bitlinear(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
     if norm_weight is not None:  # the other kernels take the normalised activations
         x = F.rms_norm(x, (k,), norm_weight, norm_eps)
     if kind == "gemv":
