@@ -53,8 +53,10 @@ from babybitnet.quant import EPS, check_weight_groups
 
 MmaConfig = tuple[int, int, int, int, int]  # (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages)
 DEFAULT_CONFIG: MmaConfig = (64, 64, 256, 4, 3)  # within ~1.3x of the best on an H200 from 32 to 256 tokens
-CONFIGS: tuple[MmaConfig, ...] = (  # what the tuner tries (kernels/tuning.py), few tokens first
-    (16, 64, 256, 4, 4), (32, 32, 256, 4, 4), (32, 64, 256, 4, 4), (64, 64, 256, 4, 3), (64, 128, 256, 4, 3),
+CONFIGS: tuple[MmaConfig, ...] = (  # what the tuner tries (kernels/tuning.py), few tokens first; the 16-token
+    # tiles of 32 columns or 512-input steps give K = 10,240 more programs or fewer steps at 8 to 32 tokens
+    (16, 64, 256, 4, 4), (16, 32, 256, 2, 4), (16, 32, 512, 4, 4), (16, 64, 512, 4, 3),
+    (32, 32, 256, 4, 4), (32, 64, 256, 4, 4), (64, 64, 256, 4, 3), (64, 128, 256, 4, 3),
     (128, 64, 256, 4, 3), (128, 128, 256, 8, 3), (128, 128, 512, 8, 3), (256, 64, 256, 8, 3),
 )  # fmt: skip
 
