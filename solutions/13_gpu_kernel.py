@@ -767,7 +767,7 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # times the layer exactly as `PackedBitLinear` runs it against cuBLAS bf16,
 # `torch._int_mm` and, with `--peers`, the ternary layers of gemlite (a pip
 # package of Triton low-bit kernels), the peers a user would pick instead.
-# `bench kernel --peers --shapes 2560x2560 8192x8192 --batches 1 8 32` on one H200:
+# `bench kernel --peers --shapes 2560x2560 2560x10240 8192x8192 --batches 1 8 32` on one H200:
 
 # %%
 from babybitnet.experiments.bench_kernels import layer_table
@@ -779,14 +779,18 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 #
 # What the tables say:
 #
-# - At 8,192 x 8,192 our layer is 1.7x to 3.0x cuBLAS bf16 at every batch, and ahead of
+# - At 8,192 x 8,192 our layer is 2x to 3.3x cuBLAS bf16 at every batch, and ahead of
 #   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
 #   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
-# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 11.2 µs for 16.8 MB
-#   of packed weights is 1.5 TB/s, a third of the memory's speed.
-# - At 2,560 x 2,560 (1.6 MB of packed weights) the one-launch kernel is 1.5x bf16 at
-#   batch 1, but at batch 8 and 32 every ternary layer here, ours and gemlite's, is slower
-#   than bf16: the whole matrix is read in less time than a kernel takes to start and finish.
+# - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 10.3 µs for 16.8 MB
+#   of packed weights is 1.6 TB/s, a third of the memory's speed.
+# - 2,560 x 10,240 (the feed-forward's down projection at 2B4T's size) is faster than bf16
+#   at every batch here once the tensor-core kernel has tiles of 16 tokens by 32 outputs:
+#   twice as many programs as tiles of 64 outputs, so more of the GPU reads weights at once.
+# - At 2,560 x 2,560 (1.6 MB of packed weights) our layer is 2x bf16 at batch 1, but at
+#   batch 8 and 32 every ternary layer here, ours and gemlite's, is a little slower than
+#   bf16: the whole matrix is read in less time than two kernels (quantizer, GEMM) take to
+#   start and finish.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #

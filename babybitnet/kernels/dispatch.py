@@ -61,7 +61,8 @@ FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) 
 
 # The configs the tuner times, a subset of each kernel's CONFIGS (which `bench kernel --variants` explores
 # in full): those that won at some shape and batch on an H200 (`bench kernel --peers --retune`; the
-# choices and every time are in babybitnet/results/tuning_h200.json). Most others came within a few
+# choices and every time are in babybitnet/results/tuning_h200.json; the 16-token MMA tiles' in
+# tuning_h200_layer.json). Most others came within a few
 # percent of these, and each candidate costs a Triton compile (about a second) the first time a shape is
 # seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
 # The one-launch configs below each won at some 2B4T or nanoGPT shape at batch 1 once the kernel read all of x
