@@ -16,7 +16,8 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 - ``dp4a:<config>``: the quantizer kernel, then the dp4a GEMV (:mod:`babybitnet.kernels.triton_dp4a`), up
   to 32 tokens (past that it reads the weights again for every 16 tokens);
 - ``mma:<config>``: the quantizer kernel, then the int8 tensor-core GEMM (:mod:`babybitnet.kernels.triton_mma`),
-  from 5 tokens; ``mma1:<config>``: the same in one launch (each program quantizes its tokens), 5 to 64 tokens;
+  from 5 tokens; ``mma1:<config>``, the same in one launch (each program quantizes its tokens), runs but is not
+  tuned: on the H200 it was 1.8x to 5x slower than ``mma`` at every shape and batch timed (tuning_h200*.json);
 - ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
   cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
 
@@ -57,7 +58,6 @@ KERNEL = "packed_linear"  # the tuning key's kernel name (+norm, +<activation>, 
 ONE_LAUNCH_MAX_K = 2048  # default: past this, re-quantizing the inputs in every program costs more than a second launch
 DP4A_MAX_M = 32  # candidates: the dp4a GEMV up to this many tokens
 MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
-FUSED_MAX_M = 64  # ... and in one launch (every program quantizing its tokens) up to this many
 
 # The configs the tuner times, a subset of each kernel's CONFIGS (which `bench kernel --variants` explores
 # in full): those that won at some shape and batch on an H200 (`bench kernel --peers --retune`; the
@@ -104,8 +104,6 @@ def candidates(m: int, n: int, k: int) -> list[str]:
         if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
             mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]
             names += [_name("mma", c) for c in mma]
-            if m <= FUSED_MAX_M:
-                names += [_name("mma1", c) for c in mma]
     else:
         names.append("gemv")
     names.append("bf16")
