@@ -710,7 +710,13 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # shipped), prefetching up to all of a program's weights before its PDL wait,
 # and many other tile shapes, were no faster than the tuner's choices. The
 # next steps are fewer kernels in the chain (the quantizer's work done by the
-# kernel that produces its input) or one persistent kernel per layer.
+# kernel that produces its input) or one persistent kernel per layer. A first
+# persistent kernel (a few programs per SM, each holding the whole normalised
+# token in registers while it loops over its rows) was many times slower: a
+# thread has at most 255 registers, and what did not fit was *spilled* to
+# local memory, which is as slow as the weights it was meant to overlap. A
+# block-sized array of a Triton program lives in registers, so a kernel that
+# keeps a whole vector must keep it small or put it in shared memory.
 #
 # The packed and unpacked models may pick different tokens in bf16: with
 # random weights the logits are nearly tied, and the kernel rounds the rescale
