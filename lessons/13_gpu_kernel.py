@@ -714,7 +714,8 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # persistent kernel (a few programs per SM, each holding the whole normalised
 # token in registers while it loops over its rows) was many times slower: a
 # thread has at most 255 registers, and what did not fit was *spilled* to
-# local memory, which is as slow as the weights it was meant to overlap. A
+# local memory (per-thread scratch that lives in the caches and DRAM, as the
+# weights do), so the kernel spent its time on its own spills. A
 # block-sized array of a Triton program lives in registers, so a kernel that
 # keeps a whole vector must keep it small or put it in shared memory.
 #
