@@ -47,7 +47,16 @@ from __future__ import annotations
 
 import torch
 
-from babybitnet.kernels.triton_common import check_packed_on, interpreted, require_triton, tl, triton
+from babybitnet.kernels.triton_common import (
+    check_packed_on,
+    interpreted,
+    pdl_ready,
+    pdl_wait,
+    require_triton,
+    tl,
+    triton,
+    use_pdl,
+)
 from babybitnet.kernels.triton_dp4a import check_words_k, quantize_words, round_to_int, words_matmul_output
 from babybitnet.quant import EPS, check_weight_groups
 
@@ -134,6 +143,7 @@ if triton is not None:
         RESCALE: tl.constexpr,
         QUANTIZE: tl.constexpr,  # x is float: quantize it here (one launch for the layer)
         EVEN_K: tl.constexpr,  # KB % BLOCK_B == 0: no masks along K
+        USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_common.use_pdl)
     ):
         """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])) on the tensor cores.
 
@@ -142,6 +152,10 @@ if triton is not None:
         the activations, the second operand, go from memory to shared memory untouched. The few
         tokens become the instruction's N (8 to 256 wide), the many outputs its M.
         """
+        # x (or the quantizer's words and scales) is the kernel before's output: wait for it before any read;
+        # launched early all the same, the programs are in place when it ends (PDL), as the dp4a GEMV's are
+        pdl_wait(USE_PDL)
+        pdl_ready(USE_PDL)
         # the programs of one row block of W are neighbours in the launch order: they run together
         # and share the weight tile through the L2 cache, so the weights come from memory once
         pid = tl.program_id(0)
@@ -218,12 +232,13 @@ def _launch(
     quantize, rescale = x.is_floating_point(), s_w is not None
     w, kb = packed.contiguous(), k // 4
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    pdl = use_pdl(x.device)
     ternary_mma_kernel[grid](
         x, w, y, s_x if s_x is not None else y, s_w if rescale else y,
         m, n, kb, n // s_w.numel() if rescale else 1, x.stride(0), w.stride(0), y.stride(0), EPS,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=block_k // 4, BLOCK_KQ=max(16, min(1024, 4096 // block_m)),
         USE_ASM=not interpreted(), RESCALE=rescale, QUANTIZE=quantize, EVEN_K=kb % (block_k // 4) == 0,
-        num_warps=num_warps, num_stages=num_stages,
+        USE_PDL=pdl, num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return y
 
