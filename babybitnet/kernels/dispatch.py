@@ -72,7 +72,7 @@ MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
 # 2B4T shapes at batch 1, timed back to back as in a decode step (session 11's A/B on the H200).
 TUNE_BITLINEAR = ((4, 32, 1), (8, 64, 2), (16, 32, 4), (16, 64, 4), (8, 256, 8), (32, 32, 8))
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
-TUNE_MMA = MMA_CONFIGS  # from 33 tokens only a few tiles fit each bucket; they were all timed at 2560 x 2560 only
+TUNE_MMA = MMA_CONFIGS  # from 33 tokens few tiles fit each bucket (the 64- to 256-token ones timed at 2560² only)
 
 TUNER = tuning.Tuner()  # the process's choices; tests swap it for one with a temporary file and a fake timer
 _memo: dict[tuple, str] = {}  # (device index, N, K, M bucket) -> candidate: the fast path of every call
