@@ -222,19 +222,17 @@ def layer_output(
     norm_weight: torch.Tensor | None,
     activation: str,
     residual: torch.Tensor | None,
-    max_m: int,
-    who: str,
 ) -> tuple[torch.Tensor, bool]:
-    """Check the arguments of a one-launch layer (``who``, at most ``max_m`` tokens) and return its empty output
-    (M, N) in x's dtype, and whether that is already the answer (no tokens, no rows, or K = 0)."""
+    """Check the arguments of :func:`bitlinear_dp4a` (at most :data:`MAX_BLOCK_M` tokens) and return its empty
+    output (M, N) in x's dtype, and whether that is already the answer (no tokens, no rows, or K = 0)."""
     require_triton()
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.shape[1] != k:
         raise ValueError(
             f"x must be a 2-D float tensor (M, K={k}), got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
         )
     m = x.shape[0]
-    if m > max_m:
-        raise ValueError(f"{who} takes at most {max_m} tokens (decode), got {m}; use dp4a_linear")
+    if m > MAX_BLOCK_M:
+        raise ValueError(f"bitlinear_dp4a takes at most {MAX_BLOCK_M} tokens (decode), got {m}; use dp4a_linear")
     check_words_k(k)
     check_packed_on(packed, k, x.device)
     check_norm_weight(norm_weight, k, x.device)
@@ -271,7 +269,7 @@ def bitlinear_dp4a(
     the activation and the residual add after a layer cost no kernels of their own either.
     No data-dependent checks: it never synchronizes, so a CUDA graph can capture it.
     """
-    y, done = layer_output(x, packed, k, norm_weight, activation, residual, MAX_BLOCK_M, "bitlinear_dp4a")
+    y, done = layer_output(x, packed, k, norm_weight, activation, residual)
     if done:
         return y
     m, n = y.shape
