@@ -786,7 +786,7 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 #
 # What the tables say:
 #
-# - At 8,192 x 8,192 our layer is 2x to 3.3x cuBLAS bf16 at every batch, and ahead of
+# - At 8,192 x 8,192 our layer is 1.75x to 3.3x cuBLAS bf16 at every batch, and ahead of
 #   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
 #   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
 # - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 10.3 µs for 16.8 MB
@@ -794,10 +794,12 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 # - 2,560 x 10,240 (the feed-forward's down projection at 2B4T's size) is faster than bf16
 #   at every batch here once the tensor-core kernel has tiles of 16 tokens by 32 outputs:
 #   twice as many programs as tiles of 64 outputs, so more of the GPU reads weights at once.
-# - At 2,560 x 2,560 (1.6 MB of packed weights) our layer is 2x bf16 at batch 1, but at
-#   batch 8 and 32 every ternary layer here, ours and gemlite's, is a little slower than
-#   bf16: the whole matrix is read in less time than two kernels (quantizer, GEMM) take to
-#   start and finish.
+# - At 2,560 x 2,560 (1.6 MB of packed weights) the whole matrix is read in less time than
+#   two kernels (quantizer, GEMM) take to start and finish one after the other. Our layer
+#   passes bf16 at batch 8 and 32 (1.2x) because the GEMM does not wait for the quantizer
+#   to finish: it is launched while the quantizer runs, loads what it can, and waits only
+#   before it reads the quantized words (programmatic dependent launch, as the dp4a GEMV
+#   above). gemlite's layers are slower than bf16 there.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #

@@ -16,7 +16,8 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 - ``dp4a:<config>``: the quantizer kernel, then the dp4a GEMV (:mod:`babybitnet.kernels.triton_dp4a`), up
   to 32 tokens (past that it reads the weights again for every 16 tokens);
 - ``mma:<config>``: the quantizer kernel, then the int8 tensor-core GEMM (:mod:`babybitnet.kernels.triton_mma`),
-  from 5 tokens; ``mma1:<config>``, the same in one launch (each program quantizes its tokens), runs but is not
+  from 5 tokens (a config's 6th number splits K over that many programs, and a third kernel adds their
+  sums); ``mma1:<config>``, the same in one launch (each program quantizes its tokens), runs but is not
   tuned: on the H200 it was 1.8x to 5x slower than ``mma`` at every shape and batch timed (tuning_h200*.json);
 - ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
   cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
@@ -61,7 +62,7 @@ MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
 
 # The configs the tuner times, a subset of each kernel's CONFIGS (which `bench kernel --variants` explores
 # in full): those that won at some shape and batch on an H200 (`bench kernel --peers --retune`; the
-# choices and every time are in babybitnet/results/tuning_h200.json; the 16-token MMA tiles' in
+# choices and every time are in babybitnet/results/tuning_h200.json; the 16-token and split-K MMA tiles' in
 # tuning_h200_layer.json). Most others came within a few
 # percent of these, and each candidate costs a Triton compile (about a second) the first time a shape is
 # seen, so timing all 20 made a learner's first generation wait half a minute per layer shape.
@@ -72,7 +73,7 @@ MMA_MIN_M = 5  # candidates: the tensor-core GEMM from this many tokens
 # 2B4T shapes at batch 1, timed back to back as in a decode step (session 11's A/B on the H200).
 TUNE_BITLINEAR = ((4, 32, 1), (8, 64, 2), (16, 32, 4), (16, 64, 4), (8, 256, 8), (32, 32, 8))
 TUNE_DP4A = ((4, 64, 2), (8, 32, 1), (8, 64, 2), (4, 128, 4), (16, 64, 4))
-TUNE_MMA = MMA_CONFIGS  # from 33 tokens few tiles fit each bucket (the 64- to 256-token ones timed at 2560² only)
+TUNE_MMA = MMA_CONFIGS  # from 33 tokens few tiles fit each bucket (all timed at 8 to 256 tokens, session 14)
 
 TUNER = tuning.Tuner()  # the process's choices; tests swap it for one with a temporary file and a fake timer
 _memo: dict[tuple, str] = {}  # (device index, N, K, M bucket) -> candidate: the fast path of every call

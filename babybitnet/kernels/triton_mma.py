@@ -32,13 +32,19 @@ together took 8192 x 8192 at 32 tokens from 32 to 18 µs (bf16: 42 µs).
 any K of a model), so the sums equal the integer reference bit for bit; the epilogue divides
 each by ``s_x[m] * s_w[n]`` once and stores x's dtype, like every other kernel of the package.
 
+**Split K.** A program per (BLOCK_M, BLOCK_N) tile leaves most of the GPU idle when there are few
+tiles and a long K: 128 tokens of a 2560 x 10240 layer are 40 tiles of 128 x 64 for 132 SMs, each
+walking 40 steps. A config's 6th number ``split`` gives every tile that many programs, each summing
+its share of K into a plane of its own (int32, so still exact); a second small kernel adds the
+planes and rescales. More programs at once, for the price of one more launch and the planes' traffic.
+
 **One launch or two** (:func:`mma_linear`): the quantizer kernel then the GEMM, or ``fused``, where
 every program computes its tokens' scales and rounds their inputs as it loads them (the same
 numbers): no second kernel to wait for, at the price of quantizing x again for every column of
 tiles; the tuner (:mod:`babybitnet.kernels.tuning`) measures which wins per shape.
 
 K must be a multiple of 16 (the quantizer's whole words); any M and N. Configs are
-(BLOCK_M tokens, BLOCK_N outputs, BLOCK_K inputs per step, num_warps, num_stages); BLOCK_K/4
+(BLOCK_M tokens, BLOCK_N outputs, BLOCK_K inputs per step, num_warps, num_stages[, split]); BLOCK_K/4
 bytes of every row per step and plane, at least 32 (the int8 tensor-core instructions take K = 32).
 In Triton's interpreter (the CPU tests) the unpacking is written per byte and ``tl.dot`` is numpy's.
 """
@@ -53,6 +59,7 @@ from babybitnet.kernels.triton_common import (
     pdl_ready,
     pdl_wait,
     require_triton,
+    store_outputs,
     tl,
     triton,
     use_pdl,
@@ -60,14 +67,21 @@ from babybitnet.kernels.triton_common import (
 from babybitnet.kernels.triton_dp4a import check_words_k, quantize_words, round_to_int, words_matmul_output
 from babybitnet.quant import EPS, check_weight_groups
 
-MmaConfig = tuple[int, int, int, int, int]  # (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages)
+MmaConfig = tuple[int, ...]  # (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages[, split]): check_mma_config
 DEFAULT_CONFIG: MmaConfig = (64, 64, 256, 4, 3)  # within ~1.3x of the best on an H200 from 32 to 256 tokens
 CONFIGS: tuple[MmaConfig, ...] = (  # what the tuner tries (kernels/tuning.py), few tokens first; the 16-token
     # tiles of 32 columns or 512-input steps give K = 10,240 more programs or fewer steps at 8 to 32 tokens
     (16, 64, 256, 4, 4), (16, 32, 256, 2, 4), (16, 32, 512, 4, 4), (16, 64, 512, 4, 3),
     (32, 32, 256, 4, 4), (32, 64, 256, 4, 4), (64, 64, 256, 4, 3), (64, 128, 256, 4, 3),
     (128, 64, 256, 4, 3), (128, 128, 256, 8, 3), (128, 128, 512, 8, 3), (256, 64, 256, 8, 3),
+    # split K (a tile in 2 or 4 programs along K): each won at some shape from 8 to 256 tokens where N is
+    # 2,560 or 8,192 (an H200 sweep of 18 split configs, session 14); the same compiled kernel for 2 and 4
+    (16, 64, 512, 4, 3, 2), (16, 64, 512, 4, 3, 4), (32, 64, 256, 4, 4, 2), (32, 64, 256, 4, 4, 4),
+    (64, 64, 256, 4, 3, 4), (64, 128, 256, 4, 3, 4), (128, 64, 256, 4, 3, 2), (128, 128, 512, 8, 3, 2),
+    (128, 128, 512, 8, 3, 4),
 )  # fmt: skip
+
+SUM_BLOCK = (16, 128)  # split K's second kernel: (tokens, outputs) per program
 
 if triton is not None:
 
@@ -124,12 +138,13 @@ if triton is not None:
     def ternary_mma_kernel(
         x_ptr,  # (M, K): int8 activations as 4 planes, plane j = x[:, j::4] (quantize_words' bytes); QUANTIZE: float
         w_ptr,  # (N, KB) uint8: the packed 2-bit weights, KB = K / 4 bytes per row
-        y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float
+        y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float; split K: (split, M, N) int32 partial sums
         sx_ptr,  # (M,) float32 activation scales (read only if RESCALE and not QUANTIZE)
         sw_ptr,  # (G,) weight scales, one per group of ROWS consecutive rows (read only if RESCALE)
         M,
         N,
         KB,
+        CHUNK,  # bytes of every row per program along the grid's 2nd axis (split K); KB for one program
         ROWS,
         stride_xm,
         stride_wn,
@@ -171,7 +186,10 @@ if triton is not None:
             s_x = token_scales(x_cols, 4 * KB, m_ok, eps, BLOCK_M, BLOCK_KQ)
         offs_b = tl.arange(0, BLOCK_B)
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-        for b0 in range(0, KB, BLOCK_B):
+        # split K: the programs of axis 1 each sum their own CHUNK bytes of the rows, into their own (M, N) plane
+        b_lo = tl.program_id(1) * CHUNK
+        y_ptr += tl.program_id(1) * M * stride_ym
+        for b0 in range(b_lo, tl.minimum(b_lo + CHUNK, KB), BLOCK_B):
             b = b0 + offs_b
             if EVEN_K:
                 w = tl.load(w_rows + b[None, :])  # (BLOCK_N, BLOCK_B) packed bytes
@@ -195,21 +213,46 @@ if triton is not None:
             y = acc.to(tl.float32) / (s_x[None, :] * s_w[:, None])
         tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y, mask=n_ok[:, None] & m_ok[None, :])
 
+    @triton.jit
+    def split_sum_kernel(
+        p_ptr, y_ptr, sx_ptr, sw_ptr, M, N, SPLIT, ROWS, stride_ym,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESCALE: tl.constexpr, USE_PDL: tl.constexpr,
+    ):  # fmt: skip
+        """Split K's second kernel: y = the sum of the SPLIT planes of partial sums p (SPLIT, M, N) int32
+        (exact: int32 adds), rescaled and stored as the GEMM's own epilogue does it (the same numbers)."""
+        pdl_wait(USE_PDL)  # the GEMM's partial sums
+        pdl_ready(USE_PDL)
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = offs_m < M, offs_n < N
+        ptrs = p_ptr + offs_m[:, None] * N + offs_n[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for s in range(0, SPLIT):
+            acc += tl.load(ptrs + s * M * N, mask=m_ok[:, None] & n_ok[None, :], other=0)
+        store_outputs(
+            acc, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE, y_ptr, 0,
+            ACT=0, RESIDUAL=False, USE_ASM=False,
+        )  # fmt: skip
+
 else:
-    ternary_operand = token_scales = ternary_mma_kernel = None
+    ternary_operand = token_scales = ternary_mma_kernel = split_sum_kernel = None
 
 
 def check_mma_config(config: MmaConfig) -> MmaConfig:
-    """A config (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages): powers of 2, BLOCK_M and BLOCK_N at
-    least 16, BLOCK_K at least 128 (32 bytes of every row: the int8 tensor-core step), num_stages at least 1."""
-    if not isinstance(config, tuple) or len(config) != 5:
-        raise ValueError(f"an mma config is (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), got {config!r}")
+    """A config (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages[, split]): powers of 2, BLOCK_M and
+    BLOCK_N at least 16, BLOCK_K at least 128 (32 bytes of every row: the int8 tensor-core step), num_stages
+    at least 1; ``split`` (default 1): programs per tile along K (split K, see :func:`mma_matmul`)."""
+    if not isinstance(config, tuple) or len(config) not in (5, 6):
+        raise ValueError(
+            f"an mma config is (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, split]), got {config!r}"
+        )
     names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
     for name, v, least in zip(names, config, (16, 16, 128, 1), strict=False):
         if not isinstance(v, int) or v < least or v & (v - 1):
             raise ValueError(f"{name} must be a power of 2 and at least {least}, got {v!r} in config {config}")
-    if not isinstance(config[4], int) or config[4] < 1:
-        raise ValueError(f"num_stages must be an int >= 1, got {config[4]!r} in config {config}")
+    for name, v in zip(("num_stages", "split"), config[4:], strict=False):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r} in config {config}")
     return config
 
 
@@ -228,18 +271,32 @@ def _launch(
         return y
     if k == 0:
         return y.zero_()
-    block_m, block_n, block_k, num_warps, num_stages = check_mma_config(config or DEFAULT_CONFIG)
+    block_m, block_n, block_k, num_warps, num_stages, *split = check_mma_config(config or DEFAULT_CONFIG)
     quantize, rescale = x.is_floating_point(), s_w is not None
-    w, kb = packed.contiguous(), k // 4
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    w, kb, block_b = packed.contiguous(), k // 4, block_k // 4
+    steps = triton.cdiv(kb, block_b)
+    chunk = triton.cdiv(steps, split[0] if split else 1) * block_b  # whole steps per program along K
+    splits = triton.cdiv(kb, chunk)  # at most the config's split (fewer if K has fewer steps)
+    if splits > 1 and quantize:
+        raise ValueError("split K needs the quantizer kernel's scales: use the two-launch layer (fused=False)")
+    out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.int32, device=y.device)  # partial sums
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), splits)
     pdl = use_pdl(x.device)
+    launch = {"launch_pdl": True} if pdl else {}
     ternary_mma_kernel[grid](
-        x, w, y, s_x if s_x is not None else y, s_w if rescale else y,
-        m, n, kb, n // s_w.numel() if rescale else 1, x.stride(0), w.stride(0), y.stride(0), EPS,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=block_k // 4, BLOCK_KQ=max(16, min(1024, 4096 // block_m)),
-        USE_ASM=not interpreted(), RESCALE=rescale, QUANTIZE=quantize, EVEN_K=kb % (block_k // 4) == 0,
-        USE_PDL=pdl, num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if pdl else {}),
+        x, w, out, s_x if s_x is not None else y, s_w if rescale else y,
+        m, n, kb, chunk, n // s_w.numel() if rescale else 1, x.stride(0), w.stride(0), out.stride(-2), EPS,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_KQ=max(16, min(1024, 4096 // block_m)),
+        USE_ASM=not interpreted(), RESCALE=rescale and splits == 1, QUANTIZE=quantize, EVEN_K=kb % block_b == 0,
+        USE_PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch,
     )  # fmt: skip
+    if splits > 1:  # the second kernel adds the planes and rescales
+        grid = (triton.cdiv(m, SUM_BLOCK[0]), triton.cdiv(n, SUM_BLOCK[1]))
+        split_sum_kernel[grid](
+            out, y, s_x if rescale else y, s_w if rescale else y, m, n, splits, n // s_w.numel() if rescale else 1,
+            y.stride(0), BLOCK_M=SUM_BLOCK[0], BLOCK_N=SUM_BLOCK[1], RESCALE=rescale, USE_PDL=pdl, num_warps=4,
+            **launch,
+        )  # fmt: skip
     return y
 
 

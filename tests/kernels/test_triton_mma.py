@@ -41,6 +41,38 @@ def test_sums_are_exact(m, n, k, config):
     assert torch.equal(got.long(), x_q.long() @ w_t.long().T)
 
 
+# split K: 2 or 3 programs per tile along K (5 steps in shares of 3 and 2; 6 steps in 3 shares; the last
+# share ends in a partial step); more splits than steps (one program: the others would have nothing to do)
+SPLITS = [(17, 37, 640, (*TINY, 2)), (33, 18, 768, (*TINY, 3)), (5, 70, 400, (16, 32, 256, 2, 2, 2))]
+SPLITS += [(3, 5, 128, (*TINY, 4)), (40, 16, 96, (*TINY, 2))]
+
+
+@pytest.mark.parametrize("m, n, k, config", SPLITS)
+def test_split_k_sums_are_exact(m, n, k, config):
+    x_q, w_t = case(m, n, k, seed=m * 1000 + n + 7)
+    got = run(x_q, w_t, config=config)
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    assert torch.equal(got.long(), x_q.long() @ w_t.long().T)
+
+
+@pytest.mark.parametrize("m, n, k", [(19, 24, 384), (33, 10, 400)])
+def test_split_k_layer_is_the_unsplit_layer(m, n, k):
+    """Split K changes who adds what, not the numbers: the layer equals the one-program-per-tile layer exactly."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(m, k, generator=g).to(DEVICE, torch.bfloat16)
+    packed = pack_2bit(torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)).to(DEVICE)
+    s_w = torch.tensor([0.5, 2.0], device=DEVICE)
+    want = T.mma_linear(x, packed, s_w, k, config=TINY)
+    got = T.mma_linear(x, packed, s_w, k, config=(*TINY, 3))  # 3 steps: 3 programs per tile; 4: 2
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_split_k_needs_two_launches():
+    x, packed = torch.randn(2, 256, device=DEVICE), pack_2bit(torch.ones(8, 256, dtype=torch.int8)).to(DEVICE)
+    with pytest.raises(ValueError, match="fused=False"):
+        T.mma_linear(x, packed, torch.ones(1, device=DEVICE), 256, config=(*TINY, 2), fused=True)
+
+
 @pytest.mark.parametrize("sign", [1, -1])
 def test_extremes(sign):
     """Every weight +-1 and every activation 127 or -127: the largest sums must not overflow or wrap."""
@@ -85,7 +117,8 @@ def test_configs_are_valid():
 @pytest.mark.parametrize(
     "config, word",
     [((16, 16, 64, 1, 1), "BLOCK_K"), ((8, 16, 128, 1, 1), "BLOCK_M"), ((16, 24, 128, 1, 1), "BLOCK_N"),
-     ((16, 16, 128, 3, 1), "num_warps"), ((16, 16, 128, 1, 0), "num_stages"), ((16, 16, 128), "config")],
+     ((16, 16, 128, 3, 1), "num_warps"), ((16, 16, 128, 1, 0), "num_stages"), ((16, 16, 128), "config"),
+     ((16, 16, 128, 1, 1, 0), "split"), ((16, 16, 128, 1, 1, 2, 1), "config")],
 )  # fmt: skip
 def test_bad_configs(config, word):
     with pytest.raises(ValueError, match=word):

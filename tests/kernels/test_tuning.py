@@ -213,7 +213,17 @@ def test_tuned_configs_are_the_kernels_own():
 
 
 @pytest.mark.parametrize(
-    "name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "mma1:16,16,128,1,1", "bf16", "int_mm"]
+    "name",
+    [
+        "gemv",
+        "bitlinear:4,32,1",
+        "dp4a:4,64,2",
+        "mma:16,16,128,1,1",
+        "mma:16,16,128,1,1,2",
+        "mma1:16,16,128,1,1",
+        "bf16",
+        "int_mm",
+    ],
 )
 def test_every_candidate_computes_the_layer(name):
     g = torch.Generator().manual_seed(1)
