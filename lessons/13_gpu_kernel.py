@@ -768,20 +768,37 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 #
 # What the tables say:
 #
-# - At 8,192 x 8,192 our layer is 1.75x to 3.3x cuBLAS bf16 at every batch, and ahead of
+# - At 8,192 x 8,192 our layer is 2x to 3.3x cuBLAS bf16 at every batch, and ahead of
 #   both gemlite layers. At batch 8 and 32 the tensor-core kernel keeps the speed that the
 #   GEMV lost (the GEMV alone was 0.5x bf16 at batch 8).
 # - At batch 1 it is still far from the 8x that 2 bits against 16 allow: 10.3 µs for 16.8 MB
 #   of packed weights is 1.6 TB/s, a third of the memory's speed.
-# - 2,560 x 10,240 (the feed-forward's down projection at 2B4T's size) is faster than bf16
-#   at every batch here once the tensor-core kernel has tiles of 16 tokens by 32 outputs:
-#   twice as many programs as tiles of 64 outputs, so more of the GPU reads weights at once.
+# - 2,560 x 10,240 (the feed-forward's down projection at 2B4T's size) has few tiles of
+#   outputs and a long K: at 8 tokens, tiles of 16 tokens by 64 outputs are 40 programs for
+#   the H200's 132 SMs, each walking K = 10,240 in 20 steps while most of the GPU waits. The
+#   "split K" configs (a 6th number, `mma:16,64,512,4,3,4`) give every tile 4 programs,
+#   each summing a quarter of K into an int32 plane of its own, and a small second kernel
+#   adds the planes and rescales: still exact, 4x the programs, one more launch. The
+#   tuner picks split K for this shape at every batch from 8 tokens, and for 8,192 x 8,192
+#   from 8 to 128.
 # - At 2,560 x 2,560 (1.6 MB of packed weights) the whole matrix is read in less time than
 #   two kernels (quantizer, GEMM) take to start and finish one after the other. Our layer
 #   passes bf16 at batch 8 and 32 (1.2x) because the GEMM does not wait for the quantizer
-#   to finish: it is launched while the quantizer runs, loads what it can, and waits only
-#   before it reads the quantized words (programmatic dependent launch, as the dp4a GEMV
-#   above). gemlite's layers are slower than bf16 there.
+#   to finish: it is launched while the quantizer runs, so its programs are in place when
+#   the quantized words land (programmatic dependent launch, as the dp4a GEMV above).
+#   gemlite's layers are slower than bf16 there.
+#
+# From 1 to 256 tokens, with the default run's largest shape (`bench kernel --shapes
+# 2560x2560 2560x10240 8192x8192 28672x8192 --batches 1 8 32 64 128 256`, the same H200):
+
+# %%
+show_markdown(layer_table(measured("bench_kernel_wide_h200")))
+
+# %% [markdown]
+# Faster than bf16 everywhere but at 2,560 x 2,560 with 128 and 256 tokens. There the
+# layer's time is fixed costs and arithmetic, not weight bytes, so 2 bits buy little and
+# the quantizer's launch is a cost cuBLAS does not pay. 28,672 x 8,192 at one token is
+# 4.1x bf16: 58.7 MB of packed weights at 2.2 TB/s, still half of what the memory gives.
 #
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
