@@ -277,6 +277,8 @@ def _launch(
     steps = triton.cdiv(kb, block_b)
     chunk = triton.cdiv(steps, split[0] if split else 1) * block_b  # whole steps per program along K
     splits = triton.cdiv(kb, chunk)  # at most the config's split (fewer if K has fewer steps)
+    if splits > 1 and splits * m * n >= 2**31:  # the planes' offsets are int32 in the kernels: one program per tile
+        chunk, splits = kb, 1
     if splits > 1 and quantize:
         raise ValueError("split K needs the quantizer kernel's scales: use the two-launch layer (fused=False)")
     out = y if splits == 1 else torch.empty(splits, m, n, dtype=torch.int32, device=y.device)  # partial sums

@@ -53,6 +53,10 @@ def test_split_k_sums_are_exact(m, n, k, config):
     got = run(x_q, w_t, config=config)
     assert got.dtype == torch.int32 and got.shape == (m, n)
     assert torch.equal(got.long(), x_q.long() @ w_t.long().T)
+    # rescaled (float32, one scale per row): the second kernel's epilogue is the GEMM's own, bit for bit
+    s_x, s_w = torch.rand(m).to(DEVICE) + 0.5, torch.rand(n).to(DEVICE) + 0.5
+    got = run(x_q, w_t, s_x=s_x, s_w_rows=s_w, config=config)
+    assert got.dtype == torch.float32 and torch.equal(got, run(x_q, w_t, s_x=s_x, s_w_rows=s_w, config=config[:5]))
 
 
 @pytest.mark.parametrize("m, n, k", [(19, 24, 384), (33, 10, 400)])
