@@ -241,7 +241,7 @@ else:
 def check_mma_config(config: MmaConfig) -> MmaConfig:
     """A config (BLOCK_M, BLOCK_N, BLOCK_K inputs, num_warps, num_stages[, split]): powers of 2, BLOCK_M and
     BLOCK_N at least 16, BLOCK_K at least 128 (32 bytes of every row: the int8 tensor-core step), num_stages
-    at least 1; ``split`` (default 1): programs per tile along K (split K, see :func:`mma_matmul`)."""
+    at least 1; ``split`` (default 1): programs per tile along K (split K: this module's docstring)."""
     if not isinstance(config, tuple) or len(config) not in (5, 6):
         raise ValueError(
             f"an mma config is (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, split]), got {config!r}"
