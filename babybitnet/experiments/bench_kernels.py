@@ -134,42 +134,6 @@ def matmul_table(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- the GPU kernels (Triton)
-def _graph_us(fns: dict[str, list[Callable[[], object]]], loops: dict[str, int], repeats: int) -> dict[str, float]:
-    """Median microseconds per call of each contender, from CUDA-graph replays timed with CUDA events.
-
-    ``fns[name]`` is a list of calls that read different weight copies (so that a replay reads
-    more than the L2 cache holds: cold weights, as in a real model); the graph replays them
-    ``loops[name]`` times. Contenders are interleaved: a burst of load hits them alike.
-    """
-    graphs = {}
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up outside the graph: compilation, cuBLAS handles
-        for calls in fns.values():
-            for f in calls:
-                f()
-    torch.cuda.current_stream().wait_stream(side)
-    for name, calls in fns.items():
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(loops[name]):
-                for f in calls:
-                    f()
-        graphs[name] = g
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for g in graphs.values():
-        g.replay()
-    for _ in range(repeats):
-        for name, g in graphs.items():
-            start.record()
-            g.replay()
-            end.record()
-            end.synchronize()
-            times[name].append(1e3 * start.elapsed_time(end) / (loops[name] * len(fns[name])))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 VARIANTS = {  # bench_kernel's Triton contenders: label -> what it runs
     "triton int8 add-only": "ternary_matmul, int8 x, selections and additions, rescale fused",
     "triton int8 (code-1)*x": "the same with a multiplication by (code - 1) instead of the selections",
@@ -284,7 +248,7 @@ def bench_kernel_variants(
             for label in _variants(m):  # each Triton contender tries every config and keeps the fastest
                 tries = _configs(label, configs)
                 fns = {str(c): [_triton_call(label, x, pk, k, s_w, c) for pk in packs] for c in tries}
-                us = _graph_us(fns, dict.fromkeys(fns, loops["packed"]), max(5, repeats // 5))
+                us = tuning.graph_us(fns, dict.fromkeys(fns, loops["packed"]), max(5, repeats // 5))
                 tuned[label] = us
                 best[label] = tries[list(fns).index(min(us, key=us.get))]
             xh = x.half()
@@ -295,7 +259,7 @@ def bench_kernel_variants(
             fns.update(
                 {label: [_triton_call(label, x, pk, k, s_w, best[label]) for pk in packs] for label in _variants(m)}
             )
-            us = _graph_us(
+            us = tuning.graph_us(
                 fns, {name: loops["dense" if name.startswith("torch") else "packed"] for name in fns}, repeats
             )
             weight_bytes = {name: (2 * n * k if name.startswith("torch") else packed.numel()) for name in fns}
@@ -459,7 +423,7 @@ def bench_kernel(
                 except Exception as e:  # noqa: BLE001 -- a peer that fails at one shape: a note, the rest still runs
                     notes.append(f"{name} failed at N={n}, K={k}, M={m}: {type(e).__name__}: {str(e)[:200]}")
             calls = {name: len(v) for name, v in fns.items()}
-            us = _graph_us(fns, {name: max(1, math.ceil(32 / c)) for name, c in calls.items()}, repeats)
+            us = tuning.graph_us(fns, {name: max(1, math.ceil(32 / c)) for name, c in calls.items()}, repeats)
             key = tuning.tuning_key(dispatch.KERNEL, n, k, tuning.bucket_m(m), torch.cuda.get_device_name(dev))
             rows.append(
                 {

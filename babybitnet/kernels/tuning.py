@@ -96,34 +96,51 @@ def weight_copies(nbytes: int, l2: int, most: int = MOST_COPIES) -> int:
     return max(1, min(most, math.ceil(2 * l2 / max(nbytes, 1))))
 
 
-def cuda_graph_us(fn: Callable[[], object], calls: int = MOST_COPIES, repeats: int = 5) -> float:
-    """GPU microseconds of one ``fn()``, from CUDA-graph replays of ``calls`` calls back to back.
+def graph_us(fns: dict[str, list[Callable[[], object]]], loops: dict[str, int], repeats: int) -> dict[str, float]:
+    """Median GPU microseconds per call of each contender, from CUDA-graph replays timed with CUDA events.
 
-    ``fn`` should read a different copy of its weights at each call (cycling through
-    :func:`weight_copies` of them), so that ``calls`` calls read more than the cache holds. It must be
-    capturable (no synchronization); it runs twice first, outside the graph (Triton compiles there).
-    The median of ``repeats`` timed replays, per call.
+    ``fns[name]`` is a list of calls that read different weight copies (so that a replay reads
+    more than the L2 cache holds: cold weights, as in a real model); the graph of ``name`` replays
+    them ``loops[name]`` times back to back. Contenders are interleaved: a burst of load hits them
+    alike. Every call must be capturable (no synchronization); each runs twice first, outside the
+    graphs (Triton compiles there, cuBLAS makes its handles).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        fn()
-        fn()
+        for calls in fns.values():
+            for f in calls * 2:
+                f()
     torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
+    graphs = {}
+    for name, calls in fns.items():
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(loops[name]):
+                for f in calls:
+                    f()
+        graphs[name] = g
+    times: dict[str, list[float]] = {name: [] for name in fns}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    g.replay()
-    times = []
-    for _ in range(repeats):
-        start.record()
+    for g in graphs.values():
         g.replay()
-        end.record()
-        end.synchronize()
-        times.append(1e3 * start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for name, g in graphs.items():
+            start.record()
+            g.replay()
+            end.record()
+            end.synchronize()
+            times[name].append(1e3 * start.elapsed_time(end) / (loops[name] * len(fns[name])))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cuda_graph_us(fn: Callable[[], object], calls: int = MOST_COPIES, repeats: int = 5) -> float:
+    """GPU microseconds of one ``fn()``, from CUDA-graph replays of ``calls`` calls back to back
+    (:func:`graph_us` of one contender). ``fn`` should read a different copy of its weights at each
+    call (cycling through :func:`weight_copies` of them), so that ``calls`` calls read more than the
+    cache holds. The median of ``repeats`` timed replays, per call.
+    """
+    return graph_us({"fn": [fn]}, {"fn": calls}, repeats)["fn"]
 
 
 def _close(y: torch.Tensor, ref: torch.Tensor) -> bool:
