@@ -733,7 +733,9 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # Two obvious next steps were tried on the H100 and were *slower*, so they are
 # not in the package: prefetching two or three steps ahead instead of one, and
 # splitting K over more programs that add their parts with integer atomics
-# (exact, but the atomics cost more than the extra programs gained). What
+# (exact, but the atomics cost more than the extra programs gained; the
+# tensor-core kernel below splits K for 8 tokens and more, with a second small
+# kernel that adds the parts instead of atomics, and there it pays). What
 # could still go further: a CUDA C++ kernel with explicit asynchronous copies
 # (the BitNet team's W2A8 kernel reports 1.27x to 3.63x bf16 on an A100), or a
 # Triton one with Hopper's TMA loads, so that each SM keeps many more bytes of
@@ -792,7 +794,26 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 # 2560x2560 2560x10240 8192x8192 28672x8192 --batches 1 8 32 64 128 256`, the same H200):
 
 # %%
-show_markdown(layer_table(measured("bench_kernel_wide_h200")))
+wide = measured("bench_kernel_wide_h200")
+show_markdown(layer_table(wide))
+
+# %%
+# the same run as a picture: our layer's speed over cuBLAS bf16 against the number of tokens
+ours = "ours (packed_linear, tuned)"
+fig, ax = plt.subplots(figsize=(8, 3.6))
+for shape in dict.fromkeys((r["n"], r["k"]) for r in wide["rows"]):
+    rows = [r for r in wide["rows"] if (r["n"], r["k"]) == shape]
+    ax.plot([r["m"] for r in rows], [r["speedup_vs_bf16"][ours] for r in rows], "o-", label=f"{shape[0]} x {shape[1]}")
+ax.axhline(1.0, color="gray", ls="--", lw=1)
+ax.text(1.05, 1.05, "as fast as bf16", color="gray", fontsize=8)
+ax.set_xscale("log", base=2)
+ms = sorted({r["m"] for r in wide["rows"]})
+ax.set_xticks(ms, [str(m) for m in ms])
+ax.set_xlabel("tokens M")
+ax.set_ylabel("speed vs cuBLAS bf16")
+ax.set_title("The packed layer on one H200, 1 to 256 tokens")
+ax.legend(title="N x K", fontsize=8)
+plt.show()
 
 # %% [markdown]
 # Faster than bf16 everywhere but at 2,560 x 2,560 with 128 and 256 tokens. There the
