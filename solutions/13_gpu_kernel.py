@@ -803,9 +803,9 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 #   from 8 to 128.
 # - At 2,560 x 2,560 (1.6 MB of packed weights) the whole matrix is read in less time than
 #   two kernels (quantizer, GEMM) take to start and finish one after the other. Our layer
-#   passes bf16 at batch 8 and 32 (1.2x) because the GEMM does not wait for the quantizer
-#   to finish: it is launched while the quantizer runs, so its programs are in place when
-#   the quantized words land (programmatic dependent launch, as the dp4a GEMV above).
+#   passes bf16 at batch 8 and 32 (1.2x) because the GEMM is not launched after the
+#   quantizer but while it runs: its programs are in place, waiting, when the quantized
+#   words land (programmatic dependent launch, as the dp4a GEMV above).
 #   gemlite's layers are slower than bf16 there.
 #
 # From 1 to 256 tokens, with the default run's largest shape (`bench kernel --shapes
