@@ -102,8 +102,9 @@ def candidates(m: int, n: int, k: int) -> list[str]:
             names += [_name("bitlinear", c) for c in TUNE_BITLINEAR]
         if m <= DP4A_MAX_M:
             names += [_name("dp4a", c) for c in TUNE_DP4A]
-        if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile)
-            mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m)]
+        if m >= MMA_MIN_M:  # tiles of m/4 to m tokens (at least 16, the smallest tensor-core tile); split K
+            # only where K has a step for a second program (else the config is its unsplit twin)
+            mma = [c for c in TUNE_MMA if m // 4 <= c[0] <= max(16, m) and (len(c) < 6 or k >= 2 * c[2])]
             names += [_name("mma", c) for c in mma]
     else:
         names.append("gemv")

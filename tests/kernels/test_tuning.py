@@ -183,6 +183,10 @@ def test_candidates_and_defaults():
     assert len(dispatch.candidates(1, 2560, 2560)) <= 12  # each one is a Triton compile the first time
     assert not any(n.startswith("mma") for n in dispatch.candidates(4, 64, 64))
     assert not any(n.startswith(("dp4a", "bitlinear")) for n in dispatch.candidates(256, 64, 64))
+    # split K (a 6th number) where K has at least two steps of the tile, never where it would be one program
+    for m in (8, 32, 128):
+        assert any(n.count(",") == 5 for n in dispatch.candidates(m, 2560, 10240))
+        assert not any(n.count(",") == 5 for n in dispatch.candidates(m, 384, 384))
 
 
 def test_a_norm_to_fuse_keeps_both_gemv_paths_among_the_candidates():
