@@ -789,7 +789,28 @@ show_markdown(layer_table(measured("bench_kernel_layer_h200")))
 #   quantizer but while it runs: its programs are in place, waiting, when the quantized
 #   words land (programmatic dependent launch, as the dp4a GEMV above).
 #   gemlite's layers are slower than bf16 there.
-#
+
+# %% [markdown]
+# Why split K may change who adds what without changing a single bit: the sums are
+# integers. Four programs' shares of K, added afterwards, give the int32 sums exactly;
+# the same split in float32 rounds after each share instead of once, in another order,
+# and outputs change in their last bits. Here in torch on the CPU, one 2B4T
+# down-projection's K = 10,240 in 4 shares of 2,560:
+
+# %%
+g = torch.Generator().manual_seed(0)
+x_int = torch.randint(-127, 128, (8, 10240), generator=g, dtype=torch.int32)  # 8 tokens, int8 values
+w_int = torch.randint(-1, 2, (64, 10240), generator=g, dtype=torch.int32)  # 64 rows of ternary weights
+shares = range(0, 10240, 2560)
+whole = x_int @ w_int.T
+split = sum(x_int[:, s : s + 2560] @ w_int[:, s : s + 2560].T for s in shares)
+print("int32: split K equals one pass:", torch.equal(split, whole))
+x_f = x_int.float() / 127 * torch.rand(8, 1, generator=g)  # the same layer on float activations
+whole_f = x_f @ w_int.float().T
+split_f = sum(x_f[:, s : s + 2560] @ w_int[:, s : s + 2560].float().T for s in shares)
+print(f"float32: {int((split_f != whole_f).sum())} of {whole_f.numel()} outputs differ in their last bits")
+
+# %% [markdown]
 # From 1 to 256 tokens, with the default run's largest shape (`bench kernel --shapes
 # 2560x2560 2560x10240 8192x8192 28672x8192 --batches 1 8 32 64 128 256`, the same H200):
 
