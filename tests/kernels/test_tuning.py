@@ -218,25 +218,18 @@ def test_tuned_configs_are_the_kernels_own():
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "gemv",
-        "bitlinear:4,32,1",
-        "dp4a:4,64,2",
-        "mma:16,16,128,1,1",
-        "mma:16,16,128,1,1,2",
-        "mma1:16,16,128,1,1",
-        "bf16",
-        "int_mm",
-    ],
+    ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "mma1:16,16,128,1,1", "bf16", "int_mm"]
+    + ["mma:16,16,128,1,1,2"],  # split K: K = 256 below is two steps of 128, one program each
 )
 def test_every_candidate_computes_the_layer(name):
     g = torch.Generator().manual_seed(1)
     m = 4 if name.startswith("bitlinear") else 20  # _int_mm wants more than 16 rows
-    x = torch.randn(m, 64, generator=g)
-    w_t = torch.randint(-1, 2, (24, 64), generator=g).to(torch.int8)
+    k = 256 if name.count(",") == 5 else 64
+    x = torch.randn(m, k, generator=g)
+    w_t = torch.randint(-1, 2, (24, k), generator=g).to(torch.int8)
     packed, s_w = pack_2bit(w_t), torch.tensor([0.25])
-    got = dispatch.run_candidate(name, x.to(DEVICE), packed.to(DEVICE), s_w.to(DEVICE), 64).cpu()
-    torch.testing.assert_close(got, cpu_packed_linear(x, packed, s_w, 64), rtol=1e-2, atol=1e-2)
+    got = dispatch.run_candidate(name, x.to(DEVICE), packed.to(DEVICE), s_w.to(DEVICE), k).cpu()
+    torch.testing.assert_close(got, cpu_packed_linear(x, packed, s_w, k), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="unknown"):
         dispatch.run_candidate("cublas", x, packed, s_w, 64)
 
