@@ -41,7 +41,8 @@ planes and rescales. More programs at once, for the price of one more launch and
 **One launch or two** (:func:`mma_linear`): the quantizer kernel then the GEMM, or ``fused``, where
 every program computes its tokens' scales and rounds their inputs as it loads them (the same
 numbers): no second kernel to wait for, at the price of quantizing x again for every column of
-tiles; the tuner (:mod:`babybitnet.kernels.tuning`) measures which wins per shape.
+tiles. The tuner (:mod:`babybitnet.kernels.tuning`) times only the two-launch form: on an H200 the one
+launch was slower at every shape and batch (:mod:`babybitnet.kernels.dispatch` says by how much).
 
 K must be a multiple of 16 (the quantizer's whole words); any M and N. Configs are
 (BLOCK_M tokens, BLOCK_N outputs, BLOCK_K inputs per step, num_warps, num_stages[, split]); BLOCK_K/4
