@@ -225,6 +225,7 @@ def test_kernel_kinds():
     kinds = {
         "bitlinear_dp4a_kernel": "packed linear (ours)",
         "ternary_gemv_dp4a_kernel": "packed linear (ours)",
+        "ternary_split_sum_kernel": "packed linear (ours)",
         "quantize_words_kernel": "packed linear (ours)",
         "nvjet_sm90_tst_8x64_64x16_4x1_v_bz_TNN": "cuBLAS matmul",
         "cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16": "attention",

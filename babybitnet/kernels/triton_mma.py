@@ -215,7 +215,7 @@ if triton is not None:
         tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y, mask=n_ok[:, None] & m_ok[None, :])
 
     @triton.jit
-    def split_sum_kernel(
+    def ternary_split_sum_kernel(
         p_ptr, y_ptr, sx_ptr, sw_ptr, M, N, SPLIT, ROWS, stride_ym,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESCALE: tl.constexpr, USE_PDL: tl.constexpr,
     ):  # fmt: skip
@@ -236,7 +236,7 @@ if triton is not None:
         )  # fmt: skip
 
 else:
-    ternary_operand = token_scales = ternary_mma_kernel = split_sum_kernel = None
+    ternary_operand = token_scales = ternary_mma_kernel = ternary_split_sum_kernel = None
 
 
 def check_mma_config(config: MmaConfig) -> MmaConfig:
@@ -295,7 +295,7 @@ def _launch(
     )  # fmt: skip
     if splits > 1:  # the second kernel adds the planes and rescales
         grid = (triton.cdiv(m, SUM_BLOCK[0]), triton.cdiv(n, SUM_BLOCK[1]))
-        split_sum_kernel[grid](
+        ternary_split_sum_kernel[grid](
             out, y, s_x if rescale else y, s_w if rescale else y, m, n, splits, n // s_w.numel() if rescale else 1,
             y.stride(0), BLOCK_M=SUM_BLOCK[0], BLOCK_N=SUM_BLOCK[1], RESCALE=rescale, USE_PDL=pdl, num_warps=4,
             **launch,
