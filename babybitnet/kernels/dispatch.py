@@ -22,11 +22,12 @@ in ``~/.cache/babybitnet/tuning.json`` for later processes. The candidates:
 - ``bf16`` / ``int_mm``: fallbacks that unpack the weights on the fly (never stored unpacked) and call
   cuBLAS, in bf16 or int8 (``torch._int_mm``: more than 16 tokens, N and K multiples of 8).
 
-With an RMSNorm before the layer (``norm_weight``), the one-launch kernel and the dp4a path's quantizer
-kernel apply it themselves; every other candidate runs ``F.rms_norm`` first, and the tuner times them
-that way (a key of its own).
-Likewise the epilogue, ``residual + act(layer(x))`` (``activation``, ``residual``): the dp4a kernels
-do it in their store, the others in torch after them; each combination is tuned under its own key.
+With an RMSNorm before the layer (``norm_weight``), the one-launch kernel and the quantizer kernel of the
+dp4a and ``mma`` paths apply it themselves; every other candidate runs ``F.rms_norm`` first, and the tuner
+times them that way (a key of its own).
+Likewise the epilogue, ``residual + act(layer(x))`` (``activation``, ``residual``): the dp4a and tensor-core
+kernels do it in their store (split K: in its second kernel), ``gemv`` and the cuBLAS fallbacks in torch after
+them; each combination is tuned under its own key.
 
 Without tuning (Triton's interpreter, CPU tensors, ``BABYBITNET_TUNE=0``) a fixed default
 (:func:`default_candidate`): K % 16 != 0 -> gemv; at most 16 tokens -> one launch if K <= 2048
@@ -153,12 +154,14 @@ def run_candidate(
         return bitlinear_dp4a(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
     if kind == "dp4a":  # the norm in the quantizer kernel, the epilogue in the GEMV's store
         return dp4a_linear(x, packed, scale, k, cfg, norm_weight, norm_eps, activation, residual)
+    if kind == "mma":  # the same: the norm in the quantizer kernel, the epilogue in the GEMM's store
+        return mma_linear(x, packed, scale, k, cfg, False, norm_weight, norm_eps, activation, residual)
     if norm_weight is not None:  # the other kernels take the normalised activations
         x = F.rms_norm(x, (k,), norm_weight, norm_eps)
+    if kind == "mma1":  # one launch: no quantizer kernel to apply the norm; the epilogue in the store
+        return mma_linear(x, packed, scale, k, cfg, fused=True, activation=activation, residual=residual)
     if kind == "gemv":
         y = triton_packed_linear(x, packed, scale, k, cfg)
-    elif kind in ("mma", "mma1"):
-        y = mma_linear(x, packed, scale, k, cfg, fused=kind == "mma1")
     elif kind in ("bf16", "int_mm"):
         y = unpacked_linear(x, packed, scale, k, int8=kind == "int_mm")
     else:

@@ -201,6 +201,18 @@ def act_code(activation: str) -> int:
     return EPILOGUE_ACTS[activation]
 
 
+def check_epilogue(
+    activation: str, residual: torch.Tensor | None, y: torch.Tensor, rescale: bool
+) -> tuple[int, torch.Tensor | None]:
+    """A matmul's epilogue arguments, checked: (the kernel's ACT code, the residual with rows of unit stride).
+    The epilogue works on the rescaled outputs ``y``: without scales (the raw int32 sums) it is refused."""
+    act = act_code(activation)
+    if (act or residual is not None) and not rescale:
+        raise ValueError("an activation or residual needs the scales: the raw int32 sums take no epilogue")
+    check_residual(residual, y)
+    return act, None if residual is None else residual.contiguous()
+
+
 def check_residual(residual: torch.Tensor | None, y: torch.Tensor) -> None:
     """The residual a kernel adds to its output y (M, N): the same shape, dtype and device."""
     if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype or residual.device != y.device):

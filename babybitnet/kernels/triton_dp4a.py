@@ -49,10 +49,9 @@ import torch
 
 from babybitnet.kernels.triton_common import (
     Config,
-    act_code,
     check_config,
+    check_epilogue,
     check_packed_on,
-    check_residual,
     epilogue,
     interpreted,
     pdl_ready,
@@ -349,11 +348,7 @@ def dp4a_matmul(
     """
     y = words_matmul_output(x_words, packed, k, s_x, s_w_rows, out_dtype)
     m, n, rescale = y.shape[0], y.shape[1], s_x is not None
-    act = act_code(activation)
-    if (act or residual is not None) and not rescale:
-        raise ValueError("an activation or residual needs the scales: the raw int32 sums take no epilogue")
-    check_residual(residual, y)
-    residual = None if residual is None else residual.contiguous()  # the kernel reads rows of unit stride
+    act, residual = check_epilogue(activation, residual, y, rescale)  # the kernel reads rows of unit stride
     if m == 0 or n == 0:
         return y
     if k == 0:

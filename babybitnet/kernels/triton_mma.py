@@ -55,7 +55,11 @@ from __future__ import annotations
 import torch
 
 from babybitnet.kernels.triton_common import (
+    EPILOGUE_ACTS,
+    check_epilogue,
     check_packed_on,
+    epilogue,
+    finish_tile,
     interpreted,
     pdl_ready,
     pdl_wait,
@@ -142,6 +146,7 @@ if triton is not None:
         y_ptr,  # (M, N) output: int32 sums (RESCALE=False), else float; split K: (split, M, N) int32 partial sums
         sx_ptr,  # (M,) float32 activation scales (read only if RESCALE and not QUANTIZE)
         sw_ptr,  # (G,) weight scales, one per group of ROWS consecutive rows (read only if RESCALE)
+        r_ptr,  # (M, N) the residual to add (read only if RESIDUAL), rows of y's stride
         M,
         N,
         KB,
@@ -159,9 +164,11 @@ if triton is not None:
         RESCALE: tl.constexpr,
         QUANTIZE: tl.constexpr,  # x is float: quantize it here (one launch for the layer)
         EVEN_K: tl.constexpr,  # KB % BLOCK_B == 0: no masks along K
+        ACT: tl.constexpr,  # the epilogue (with RESCALE): triton_common.finish_tile
+        RESIDUAL: tl.constexpr,
         USE_PDL: tl.constexpr,  # launched with programmatic dependent launch (triton_common.use_pdl)
     ):
-        """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n])) on the tensor cores.
+        """y[m, n] = sum_k x[m, k] * w[n, k] (then / (s_x[m] * s_w[n]), then the epilogue) on the tensor cores.
 
         Computed transposed, y^T = W @ x^T: the unpacked weights are the dot's FIRST operand, which the
         tensor cores (Hopper's wgmma) read straight from registers, where the unpacking leaves them;
@@ -206,21 +213,25 @@ if triton is not None:
                 else:
                     a = tl.load(x_cols + j * KB + b[:, None], mask=(b < KB)[:, None], other=0)
                 acc = tl.dot(ternary_operand(w, j, USE_ASM), a, acc, out_dtype=tl.int32)
-        y = acc
         if RESCALE:  # one multiplication per output, never per weight
             if not QUANTIZE:
                 s_x = tl.load(sx_ptr + offs_m, mask=m_ok, other=1.0)
             s_w = tl.load(sw_ptr + tl.where(n_ok, offs_n, 0) // ROWS).to(tl.float32)
             y = acc.to(tl.float32) / (s_x[None, :] * s_w[:, None])
-        tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y, mask=n_ok[:, None] & m_ok[None, :])
+            # the tile is y^T (outputs, tokens): to finish_tile, its rows are the outputs (unit stride) and its
+            # columns the tokens, offset by m * stride_ym in y and in the residual (which has y's strides)
+            finish_tile(y, y_ptr, 1, offs_n, offs_m * stride_ym, n_ok, m_ok, r_ptr, 1, ACT, RESIDUAL, USE_ASM)
+        else:
+            tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
 
     @triton.jit
     def ternary_split_sum_kernel(
-        p_ptr, y_ptr, sx_ptr, sw_ptr, M, N, SPLIT, ROWS, stride_ym,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESCALE: tl.constexpr, USE_PDL: tl.constexpr,
+        p_ptr, y_ptr, sx_ptr, sw_ptr, r_ptr, M, N, SPLIT, ROWS, stride_ym,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESCALE: tl.constexpr, ACT: tl.constexpr,
+        RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, USE_PDL: tl.constexpr,
     ):  # fmt: skip
         """Split K's second kernel: y = the sum of the SPLIT planes of partial sums p (SPLIT, M, N) int32
-        (exact: int32 adds), rescaled and stored as the GEMM's own epilogue does it (the same numbers)."""
+        (exact: int32 adds), rescaled and finished as the GEMM's own epilogue does it (the same numbers)."""
         pdl_wait(USE_PDL)  # the GEMM's partial sums
         pdl_ready(USE_PDL)
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -231,8 +242,8 @@ if triton is not None:
         for s in range(0, SPLIT):
             acc += tl.load(ptrs + s * M * N, mask=m_ok[:, None] & n_ok[None, :], other=0)
         store_outputs(
-            acc, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE, y_ptr, 0,
-            ACT=0, RESIDUAL=False, USE_ASM=False,
+            acc, y_ptr, stride_ym, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, ROWS, RESCALE, r_ptr, stride_ym,
+            ACT=ACT, RESIDUAL=RESIDUAL, USE_ASM=USE_ASM,
         )  # fmt: skip
 
 else:
@@ -265,13 +276,16 @@ def _launch(
     s_x: torch.Tensor | None,
     s_w: torch.Tensor | None,
     config: MmaConfig | None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the kernel: x int8 bytes (M, k) in planes, or float (M, k) to quantize; s_w (G,) or None."""
+    """Launch the kernel: x int8 bytes (M, k) in planes, or float (M, k) to quantize; s_w (G,) or None;
+    the epilogue (``activation``, ``residual`` (M, N) of y's strides, as check_epilogue returns it) only with s_w."""
     m, n = x.shape[0], packed.shape[0]
     if m == 0 or n == 0:
         return y
     if k == 0:
-        return y.zero_()
+        return epilogue(y.zero_(), activation, residual)
     block_m, block_n, block_k, num_warps, num_stages, *split = check_mma_config(config or DEFAULT_CONFIG)
     quantize, rescale = x.is_floating_point(), s_w is not None
     w, kb, block_b = packed.contiguous(), k // 4, block_k // 4
@@ -286,18 +300,22 @@ def _launch(
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), splits)
     pdl = use_pdl(x.device)
     launch = {"launch_pdl": True} if pdl else {}
+    act, r, use_asm = EPILOGUE_ACTS[activation], y if residual is None else residual, not interpreted()
+    one = splits == 1  # the GEMM stores the outputs itself (else the second kernel does, epilogue and all)
     ternary_mma_kernel[grid](
-        x, w, out, s_x if s_x is not None else y, s_w if rescale else y,
+        x, w, out, s_x if s_x is not None else y, s_w if rescale else y, r,
         m, n, kb, chunk, n // s_w.numel() if rescale else 1, x.stride(0), w.stride(0), out.stride(-2), EPS,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_B=block_b, BLOCK_KQ=max(16, min(1024, 4096 // block_m)),
-        USE_ASM=not interpreted(), RESCALE=rescale and splits == 1, QUANTIZE=quantize, EVEN_K=kb % block_b == 0,
+        USE_ASM=use_asm, RESCALE=rescale and one, QUANTIZE=quantize, EVEN_K=kb % block_b == 0,
+        ACT=act if one else 0, RESIDUAL=residual is not None and one,
         USE_PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch,
     )  # fmt: skip
-    if splits > 1:  # the second kernel adds the planes and rescales
+    if not one:  # the second kernel adds the planes, rescales and finishes
         grid = (triton.cdiv(m, SUM_BLOCK[0]), triton.cdiv(n, SUM_BLOCK[1]))
         ternary_split_sum_kernel[grid](
-            out, y, s_x if rescale else y, s_w if rescale else y, m, n, splits, n // s_w.numel() if rescale else 1,
-            y.stride(0), BLOCK_M=SUM_BLOCK[0], BLOCK_N=SUM_BLOCK[1], RESCALE=rescale, USE_PDL=pdl, num_warps=4,
+            out, y, s_x if rescale else y, s_w if rescale else y, r, m, n, splits,
+            n // s_w.numel() if rescale else 1, y.stride(0), BLOCK_M=SUM_BLOCK[0], BLOCK_N=SUM_BLOCK[1],
+            RESCALE=rescale, ACT=act, RESIDUAL=residual is not None, USE_ASM=use_asm, USE_PDL=pdl, num_warps=4,
             **launch,
         )  # fmt: skip
     return y
@@ -311,18 +329,23 @@ def mma_matmul(
     s_w_rows: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     config: MmaConfig | None = None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ W^T`` on the tensor cores from activation words int32 (M, k/4) and packed weights uint8 (N, k/4).
 
     ``x_words`` is laid out as :func:`babybitnet.kernels.triton_dp4a.prepare_activations` (and the
     quantizer kernel) write it. Without scales: the exact int32 sums. With ``s_x`` (M,) and
-    ``s_w_rows`` (N,): ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default).
+    ``s_w_rows`` (N,): ``sums / (s_x[m] * s_w_rows[n])`` in ``out_dtype`` (float32 by default), then
+    the epilogue ``residual + act(y)`` (``residual`` (M, N) in ``out_dtype``) in the kernel's store, as
+    :func:`babybitnet.kernels.triton_dp4a.dp4a_matmul` does it.
     ``config``: see :func:`check_mma_config` (default :data:`DEFAULT_CONFIG`). Never synchronizes,
     so a CUDA graph can capture it.
     """
     y = words_matmul_output(x_words, packed, k, s_x, s_w_rows, out_dtype)
+    _, residual = check_epilogue(activation, residual, y, s_x is not None)
     x_bytes = x_words.contiguous().view(torch.int8)  # (M, K): plane j is bytes j*K/4 .. (j+1)*K/4 of a row
-    return _launch(x_bytes, packed, k, y, s_x, s_w_rows, config)
+    return _launch(x_bytes, packed, k, y, s_x, s_w_rows, config, activation, residual)
 
 
 def mma_linear(
@@ -332,6 +355,10 @@ def mma_linear(
     k: int,
     config: MmaConfig | None = None,
     fused: bool = False,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float | None = None,
+    activation: str = "",
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BitLinear inference for many tokens: float (..., k), uint8 (N, k/4), s_w (G,) -> (..., N) in x's dtype.
 
@@ -339,7 +366,9 @@ def mma_linear(
     tensor-core GEMM with the rescale fused. ``fused``: one launch, every program quantizing its own
     tokens on the fly (no second launch to wait for; costs re-quantizing x once per column of tiles,
     which pays for few tokens and small N). Either way the numbers of
-    :func:`babybitnet.kernels.triton_dp4a.dp4a_linear`: the same scales, the same rounding, exact int32 sums.
+    :func:`babybitnet.kernels.triton_dp4a.dp4a_linear`: the same scales, the same rounding, exact int32 sums;
+    and its fusions: ``norm_weight`` (k,), the RMSNorm before the layer, in the quantizer kernel (two
+    launches only); the epilogue ``residual + act(y)`` (``residual`` (..., N) in x's dtype) in the store.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] != k:
         raise ValueError(
@@ -353,9 +382,13 @@ def mma_linear(
     check_weight_groups(s_w, n)  # the kernel takes s_w per group (G,), not expanded to one scale per row
     s_w = s_w.reshape(-1).to(x2.device).contiguous()
     y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x2.device)
+    r = residual.reshape(-1, n) if residual is not None and residual.shape == (*x.shape[:-1], n) else residual
+    _, r = check_epilogue(activation, r, y, True)
     if fused:
-        _launch(x2.contiguous(), packed, k, y, None, s_w, config)
+        if norm_weight is not None:
+            raise ValueError("the one-launch layer (fused=True) takes no norm: use the two-launch layer (fused=False)")
+        _launch(x2.contiguous(), packed, k, y, None, s_w, config, activation, r)
     else:
-        words, s_x = quantize_words(x2)
-        _launch(words.view(torch.int8), packed, k, y, s_x, s_w, config)
+        words, s_x = quantize_words(x2, EPS, norm_weight, norm_eps)
+        _launch(words.view(torch.int8), packed, k, y, s_x, s_w, config, activation, r)
     return y.reshape(*x.shape[:-1], n)

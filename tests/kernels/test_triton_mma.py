@@ -104,6 +104,35 @@ def test_rescale_and_layer_match_dp4a(fused, m, n, k):
     torch.testing.assert_close(got.double().cpu(), want, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("config, fused", [(TINY, False), (TINY, True), ((*TINY, 3), False)])
+@pytest.mark.parametrize("activation", ["relu2", "gelu", ""])
+def test_norm_and_epilogue_are_dp4a_linears(config, fused, activation):
+    """The fusions (the RMSNorm in the quantizer kernel, residual + act in the store, split K's in its second
+    kernel) give the dp4a layer's numbers bit for bit: the same kernels' pieces in the same order."""
+    g = torch.Generator().manual_seed(11)
+    m, n, k = 19, 24, 384
+    x = (torch.randn(2, m, k, generator=g) * 3).to(DEVICE, torch.bfloat16)
+    norm = (torch.rand(k, generator=g) + 0.5).to(DEVICE, torch.bfloat16)
+    residual = torch.randn(2, m, n, generator=g).to(DEVICE, torch.bfloat16)
+    packed = pack_2bit(torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)).to(DEVICE)
+    s_w = torch.tensor([0.5, 2.0], device=DEVICE)
+    for nw, eps in ((None, None), (norm, 1e-5)):
+        if fused and nw is not None:
+            with pytest.raises(ValueError, match="fused=False"):
+                T.mma_linear(x, packed, s_w, k, config, fused, nw, eps)
+            continue
+        want = D.dp4a_linear(x, packed, s_w, k, None, nw, eps, activation, residual)
+        got = T.mma_linear(x, packed, s_w, k, config, fused, nw, eps, activation, residual)
+        assert got.shape == want.shape == (2, m, n) and torch.equal(got, want), (nw is not None, activation)
+    words, s_x = D.quantize_words(x.reshape(-1, k))
+    with pytest.raises(ValueError, match="needs the scales"):
+        T.mma_matmul(words, packed, k, activation="relu")
+    with pytest.raises(ValueError, match="residual must match"):
+        T.mma_linear(x, packed, s_w, k, config, fused, residual=residual[..., :-1])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        T.mma_linear(x, packed, s_w, k, config, fused, activation="tanh")
+
+
 def test_layer_keeps_leading_dims_and_empty_inputs():
     x = torch.randn(2, 3, 32, device=DEVICE)
     packed = pack_2bit(torch.ones(8, 32, dtype=torch.int8)).to(DEVICE)

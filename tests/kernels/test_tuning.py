@@ -196,7 +196,10 @@ def test_a_norm_to_fuse_keeps_both_gemv_paths_among_the_candidates():
     assert any(n.startswith("bitlinear:") for n in names) and any(n.startswith("dp4a:") for n in names)
 
 
-@pytest.mark.parametrize("name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "bf16"])
+@pytest.mark.parametrize(
+    "name",
+    ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "mma1:16,16,128,1,1"] + ["bf16"],
+)
 def test_every_candidate_computes_the_normed_layer(name):
     g = torch.Generator().manual_seed(2)
     x, weight = torch.randn(4, 64, generator=g) * 2, torch.rand(64, generator=g) + 0.5
@@ -321,7 +324,10 @@ def test_switched_off_tuning_takes_the_default(tuner, monkeypatch):
     assert not tuner.file().exists()
 
 
-@pytest.mark.parametrize("name", ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "bf16"])
+@pytest.mark.parametrize(
+    "name",
+    ["gemv", "bitlinear:4,32,1", "dp4a:4,64,2", "mma:16,16,128,1,1", "mma1:16,16,128,1,1"] + ["bf16"],
+)
 def test_every_candidate_computes_the_epilogue(name):
     # residual + relu2(layer): in the dp4a kernels' store, after the kernel for the others; the same numbers
     g = torch.Generator().manual_seed(3)
