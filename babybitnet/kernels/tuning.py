@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from babybitnet.atomic import write_json
 
 M_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)  # upper edges: 1, 2-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, >256
-VERSION = 4  # of the candidates' code and the timing: a new version ignores the entries of older files (4: split K)
+VERSION = 5  # of the candidates' code and timing: a newer version ignores older files' entries (5: longer MMA steps)
 MOST_COPIES = 64  # weight copies per timing at most (and calls per timed graph)
 DEFAULT_L2 = 50 * 2**20  # bytes, where torch does not say (an H100's L2 is 50 MiB)
 Timer = Callable[[str, Callable[[], object]], float]  # (candidate's name, its call) -> microseconds per call
