@@ -556,10 +556,13 @@ for preset in ("nanogpt", "seed"):
 # is what both models share (attention, Python calling modules), and with a
 # 32-character context most steps recompute a whole window of 32 tokens, where
 # the float library's matmul is as fast as ours. There the packed model is
-# about 1.3x babyGPT, mostly thanks to the norms it no longer calls (this
+# about 1.5x babyGPT, mostly thanks to the norms it no longer calls (this
 # machine's speed varies from round to round, so the seed's run takes the median
-# of 31: compare the ratios, not the tokens/s). The same commands on another
-# 2-core machine, an Intel Xeon, with the same code for the CPU:
+# of 31: compare the ratios, not the tokens/s). The ratio depends on the machine:
+# on a faster 2-core AMD EPYC, the same code gave 1.3x at the seed's size
+# (`bench_generate_cpu_seed_epyc_s12.json`). The
+# same commands on another 2-core machine, an Intel Xeon, with the same code for
+# the CPU:
 
 # %%
 for preset in ("nanogpt", "seed"):
