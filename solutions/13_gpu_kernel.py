@@ -594,7 +594,9 @@ show_markdown(generate_table(measured("bench_generate_2b4t_size")))
 #   (`decode.fold_prenorms` moves every block's pre-norm into the packed layers
 #   it feeds), and the activation after the layer and the block's residual add
 #   while it stores its outputs (`decode.fold_activations`, `decode.add_output`):
-#   five or six kernels fewer per block than babyGPT launches;
+#   five or six kernels fewer per block than babyGPT launches (past a few tokens,
+#   the tensor-core GEMM below does the same: the norm in its quantizer, the
+#   activation and the residual add in its store);
 # - the one-launch kernel reads x once to find its scale and each step's inputs
 #   as one contiguous block; reading them plane by plane (every fourth input),
 #   in every program, had kept the L1 cache busier than memory;
