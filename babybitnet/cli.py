@@ -565,9 +565,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--once",
         action="store_true",
-        help="no timing: run each kernel 3 times at the first size and batch, for a profiler "
-        '(ncu --clock-control none -k regex:"dp4a|ternary_gemv" python -m babybitnet bench kernel --once '
-        "--sizes 8192x8192)",
+        help="no timing: run each kernel and the tuned layer 3 times at the first size and batch, for a "
+        'profiler (ncu --clock-control none -k regex:"dp4a|ternary|quantize" python -m babybitnet bench kernel '
+        "--once --sizes 8192x8192 --batches 1; tune first: the same command without --once)",
     )
 
     p = _command(

@@ -485,9 +485,11 @@ def layer_table(results: dict) -> str:
 def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -> list[str]:
     """Run every contender of :func:`bench_kernel` ``calls`` times at one shape, untimed: for a profiler.
 
-    ``ncu --clock-control none -k regex:"dp4a|ternary_gemv" python -m babybitnet bench kernel --once``
+    ``ncu --clock-control none -k regex:"dp4a|ternary|quantize" python -m babybitnet bench kernel --once``
     then reads each kernel's hardware counters (memory and compute throughput, occupancy).
-    Each contender uses its default config. Returns the contenders' labels.
+    Each Triton variant uses its default config; the layer as PackedBitLinear runs it uses the stored
+    tuning choice for this shape (run ``bench kernel`` at the shape first, or its tuning is profiled too).
+    Returns the contenders' labels.
     """
     require_triton()
     if not torch.cuda.is_available():
@@ -499,6 +501,11 @@ def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -
     s_w = torch.tensor([0.5], device=device)
     fns = {label: _triton_call(label, x, packed, k, s_w, None) for label in _variants(m)}  # None: each default config
     fns["torch bf16"] = functools.partial(torch.matmul, x, w16.T)
+    from babybitnet.kernels import dispatch  # registers torch.ops.babybitnet.packed_linear
+
+    fns[f"{OURS}: {dispatch.choice(x, packed, s_w, k)}"] = functools.partial(
+        torch.ops.babybitnet.packed_linear, x, packed, s_w, k
+    )
     for _ in range(calls):
         for f in fns.values():
             f()

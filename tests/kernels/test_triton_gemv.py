@@ -179,13 +179,18 @@ def test_bench_needs_cuda():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="times CUDA kernels")
-def test_bench_on_gpu():
-    r = BK.bench_kernel(sizes=((256, 320),), batches=(1, 3), repeats=3, configs=((4, 256, 4), (8, 512, 4)))
+def test_bench_on_gpu(monkeypatch):
+    r = BK.bench_kernel_variants(sizes=((256, 320),), batches=(1, 3), repeats=3, configs=((4, 256, 4), (8, 512, 4)))
     assert [(row["n"], row["k"], row["m"]) for row in r["rows"]] == [(256, 320, 1), (256, 320, 3)]
     assert all(us > 0 for row in r["rows"] for us in row["us"].values())
     assert "triton int8 add-only" in BK.kernel_table(r)
     assert "triton dp4a int8" in BK.kernel_table(r)
-    assert BK.run_once(256, 320) == [*BK.VARIANTS, "torch bf16"]
+    monkeypatch.setenv("BABYBITNET_TUNE", "0")  # the layer's default choice: the user's tuning cache untouched
+    layer = BK.bench_kernel(sizes=((256, 320),), batches=(1, 3), repeats=3)
+    assert [(row["n"], row["k"], row["m"]) for row in layer["rows"]] == [(256, 320, 1), (256, 320, 3)]
+    assert all(row["us"][BK.OURS] > 0 and row["us"][BK.BF16] > 0 for row in layer["rows"])
+    labels = BK.run_once(256, 320)
+    assert labels[:-1] == [*BK.VARIANTS, "torch bf16"] and labels[-1].startswith(BK.OURS)
 
 
 def test_kernel_table():
