@@ -844,6 +844,17 @@ plt.show()
 # the quantizer's launch is a cost cuBLAS does not pay. 28,672 x 8,192 at one token is
 # 4.1x bf16: 58.7 MB of packed weights at 2.2 TB/s, still half of what the memory gives.
 #
+# Nsight Compute says what holds back the GEMM at 2,560 x 2,560 with many tokens: not
+# memory, not the tensor cores, but latency. About one program per SM, and each step's
+# four dots (one per bit plane) waiting for the one before. Fewer, longer steps (512 or
+# 1,024 inputs) help, and the tuner has tried them since. The same command on one H100,
+# with those configs (its memory is slower than the H200's, which slows bf16 more than
+# our layer, so the ratios are larger there):
+
+# %%
+show_markdown(layer_table(measured("bench_kernel_wide_h100")))
+
+# %% [markdown]
 # ## 7. babyBitNet at nanoGPT's size, on one H100
 #
 # The models of this course so far were the seed project's size, trained on
