@@ -752,7 +752,7 @@ show_markdown(profile_table(measured("bench_generate_2b4t_size_profile")))
 # GPU's int8 matrix instructions, exact int32 sums. Which kernel is fastest
 # depends on the shape and the batch, and the crossover moves with the GPU,
 # so the package does not guess: `babybitnet.kernels.tuning` times the
-# candidates (each kernel with the tile configs that won somewhere on an H200)
+# candidates (each kernel with the tile configs that won somewhere on an H200 or an H100)
 # the first time a shape is seen, as a decode step runs them (many calls back
 # to back in a CUDA graph, each reading its own copy of the weights, together
 # twice the L2 cache), and stores the winner
