@@ -862,7 +862,8 @@ plt.show()
 # the quantizer's launch is a cost cuBLAS does not pay. 28,672 x 8,192 at one token is
 # 4.1x bf16: 58.7 MB of packed weights at 2.2 TB/s, still half of what the memory gives.
 #
-# Nsight Compute says what holds back the GEMM at 2,560 x 2,560 with many tokens: not
+# Nsight Compute (on the H200, at 128 tokens: `bench kernel --once` runs the tuned layer
+# for a profiler) says what holds back the GEMM at 2,560 x 2,560 with many tokens: not
 # memory, not the tensor cores, but latency. About one program per SM, and each step's
 # four dots (one per bit plane) waiting for the one before. Fewer, longer steps (512 or
 # 1,024 inputs) help, and the tuner has tried them since. The same command on one H100,

@@ -491,6 +491,8 @@ def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -
     tuning choice for this shape (run ``bench kernel`` at the shape first, or its tuning is profiled too).
     Returns the contenders' labels.
     """
+    from babybitnet.kernels import dispatch  # registers torch.ops.babybitnet.packed_linear
+
     require_triton()
     if not torch.cuda.is_available():
         raise RuntimeError("run_once runs CUDA kernels: it needs a CUDA GPU (torch.cuda.is_available())")
@@ -501,8 +503,6 @@ def run_once(n: int, k: int, m: int = 1, calls: int = 3, device: str = "cuda") -
     s_w = torch.tensor([0.5], device=device)
     fns = {label: _triton_call(label, x, packed, k, s_w, None) for label in _variants(m)}  # None: each default config
     fns["torch bf16"] = functools.partial(torch.matmul, x, w16.T)
-    from babybitnet.kernels import dispatch  # registers torch.ops.babybitnet.packed_linear
-
     fns[f"{OURS}: {dispatch.choice(x, packed, s_w, k)}"] = functools.partial(
         torch.ops.babybitnet.packed_linear, x, packed, s_w, k
     )

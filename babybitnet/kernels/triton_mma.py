@@ -85,7 +85,8 @@ CONFIGS: tuple[MmaConfig, ...] = (  # what the tuner tries (kernels/tuning.py), 
     (64, 64, 256, 4, 3, 4), (64, 128, 256, 4, 3, 4), (128, 64, 256, 4, 3, 2), (128, 128, 512, 8, 3, 2),
     (128, 128, 512, 8, 3, 4),
     # steps of 512 or 1,024 inputs on 16- to 64-token tiles: each won at some shape from 8 to 256 tokens at
-    # 2,560^2 or 8,192^2 (an H200 sweep of 112 tiles through the layer, session 15): fewer, longer steps
+    # 2,560^2 or 8,192^2 (an H200 sweep of 112 tiles through the layer, session 15; on an H100 too, in
+    # babybitnet/results/tuning_h100_layer.json): fewer, longer steps
     (16, 32, 512, 2, 4), (32, 64, 512, 4, 3), (32, 64, 512, 4, 4), (64, 64, 512, 4, 3), (32, 64, 1024, 4, 3),
     (64, 64, 1024, 4, 3),
 )  # fmt: skip
